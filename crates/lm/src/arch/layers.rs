@@ -1,0 +1,335 @@
+//! Building blocks shared by the architectures: linear layers, norms, rotary embeddings, attention and
+//! the KV cache.
+//!
+//! Every op here has two paths. When any input is part of an autograd graph (`track_op()`), we use
+//! candle's differentiable primitives: candle-nn's fused `softmax_last_dim`, `rms_norm`, `layer_norm`
+//! and `rope` have no backward and would silently drop gradients. When nothing tracks gradients
+//! (sampling, scoring, evaluation) we use the fused kernels, which are several times faster. A test
+//! checks that both paths give the same numbers.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+/// Whether an op over these tensors must be differentiable.
+fn tracks(ts: &[&Tensor]) -> bool {
+    ts.iter().any(|t| t.track_op())
+}
+
+/// `y = x W^T + b`, W stored `(out, in)` as in PyTorch's `nn.Linear`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().unwrap();
+        let rows = x.elem_count() / in_dim;
+        let w = if x.dtype() != self.weight.dtype() {
+            self.weight.to_dtype(x.dtype())?
+        } else {
+            self.weight.clone()
+        };
+        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?; // (rows, out)
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+            None => y,
+        };
+        let mut out = dims;
+        *out.last_mut().unwrap() = y.dim(1)?;
+        y.reshape(out) // (..., out)
+    }
+}
+
+/// RMSNorm (Zhang & Sennrich 2019): `x / sqrt(mean(x²) + eps) * (offset + w)`.
+/// Gemma stores `w` so that the scale is `1 + w` (`offset = 1`); Llama uses `offset = 0`.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+    pub offset: f64,
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = if self.offset != 0.0 {
+            (&self.weight + self.offset)?
+        } else {
+            self.weight.clone()
+        };
+        if tracks(&[x, &w]) || !x.is_contiguous() {
+            candle_nn::ops::rms_norm_slow(x, &w, self.eps as f32)
+        } else {
+            candle_nn::ops::rms_norm(x, &w, self.eps as f32)
+        }
+    }
+}
+
+/// LayerNorm (Ba et al. 2016) with weight and bias, as in GPT-2.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if tracks(&[x, &self.weight, &self.bias]) || !x.is_contiguous() {
+            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+        } else {
+            candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if tracks(&[x]) || !x.is_contiguous() {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// GELU with the tanh approximation (GPT-2's `gelu_new`, Gemma's `gelu_pytorch_tanh`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    x.gelu()
+}
+
+/// Rotary position embedding tables (Su et al. 2021, RoFormer) for given absolute positions.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// `(rot_dim / 2,)` inverse frequencies.
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    /// `base` is θ; `rot_dim` the number of rotated dims of a head; `scale` a linear position scale
+    /// (positions are divided by it, as in HF's `"rope_type": "linear"`).
+    pub fn new(base: f64, rot_dim: usize, scale: f64) -> Self {
+        let inv_freq = (0..rot_dim / 2)
+            .map(|i| (1.0 / base.powf(2.0 * i as f64 / rot_dim as f64) / scale) as f32)
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// cos and sin for `positions` `(B, T)`, each `(B, 1, T, rot_dim)` (halves duplicated, NeoX layout).
+    pub fn tables(
+        &self,
+        positions: &[Vec<u32>],
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let b = positions.len();
+        let t = positions.first().map(|p| p.len()).unwrap_or(0);
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(b * t * half * 2);
+        let mut sin = Vec::with_capacity(b * t * half * 2);
+        for row in positions {
+            for &p in row {
+                for _ in 0..2 {
+                    for f in &self.inv_freq {
+                        let a = p as f32 * f;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
+            }
+        }
+        let shape = (b, 1, t, 2 * half); // (B, 1, T, rot_dim)
+        let cos = Tensor::from_vec(cos, shape, dev)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, shape, dev)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// Applies rotary embeddings (NeoX "rotate half" layout) to the first `rot_dim` dims of each head.
+/// `x`: `(B, H, T, hd)`; `cos`, `sin`: `(B, 1, T, rot_dim)`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let rot = cos.dim(D::Minus1)?;
+    let (xr, xp) = if rot < hd {
+        (
+            x.narrow(D::Minus1, 0, rot)?,
+            Some(x.narrow(D::Minus1, rot, hd - rot)?),
+        )
+    } else {
+        (x.clone(), None)
+    };
+    let x1 = xr.narrow(D::Minus1, 0, rot / 2)?;
+    let x2 = xr.narrow(D::Minus1, rot / 2, rot / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // (B, H, T, rot)
+    let y = (xr.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?;
+    match xp {
+        Some(p) => Tensor::cat(&[&y, &p], D::Minus1),
+        None => Ok(y),
+    }
+}
+
+/// Where a forward pass sits in each sequence: `start` tokens are already in the KV cache, and row
+/// `b` has `left_pad[b]` padding tokens at its start (batched generation left-pads prompts).
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub start: usize,
+    pub left_pad: Vec<usize>,
+}
+
+impl Context {
+    pub fn fresh(batch: usize) -> Self {
+        Self {
+            start: 0,
+            left_pad: vec![0; batch],
+        }
+    }
+
+    /// Absolute position ids `(B, T)`: padding does not advance the position.
+    pub fn positions(&self, t: usize) -> Vec<Vec<u32>> {
+        self.left_pad
+            .iter()
+            .map(|&pad| {
+                (0..t)
+                    .map(|i| (self.start + i).saturating_sub(pad) as u32)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Additive attention mask `(B, 1, T, S)` with `S = start + T`: causal, keys in the left padding
+    /// hidden, and (if `window` is set) keys further back than the sliding window hidden.
+    /// Returns `None` when nothing needs masking (a single decoding step without padding or window).
+    pub fn mask(
+        &self,
+        t: usize,
+        window: Option<usize>,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Option<Tensor>> {
+        let s = self.start + t;
+        let any_pad = self.left_pad.iter().any(|&p| p > 0);
+        let window_bites = window.is_some_and(|w| s > w);
+        if t == 1 && !any_pad && !window_bites {
+            return Ok(None);
+        }
+        let b = self.left_pad.len();
+        let mut m = vec![0f32; b * t * s];
+        for (bi, &pad) in self.left_pad.iter().enumerate() {
+            for i in 0..t {
+                let q = self.start + i;
+                for j in 0..s {
+                    // A padding query still sees itself, so that no softmax row is empty (an
+                    // all -inf row gives NaN, and NaN * 0 would leak into real rows through V).
+                    let hidden = j > q || (j < pad && j != q) || window.is_some_and(|w| q - j >= w);
+                    if hidden {
+                        m[(bi * t + i) * s + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok(Some(
+            Tensor::from_vec(m, (b, 1, t, s), dev)?.to_dtype(dtype)?,
+        ))
+    }
+}
+
+/// Per-layer cached keys and values, `(B, n_kv, S, hd)` each.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        Self {
+            layers: vec![None; n_layers],
+        }
+    }
+
+    /// Number of positions stored so far.
+    pub fn len(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .next()
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends this step's keys/values to layer `i` and returns the full keys/values.
+    pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match &self.layers[i] {
+            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?), // (B, n_kv, S, hd)
+            None => (k, v),
+        };
+        self.layers[i] = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+
+    /// Keeps only rows `keep` of the batch (drops finished sequences during generation).
+    pub fn select_rows(&mut self, keep: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(keep, 0)?;
+            *v = v.index_select(keep, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Scaled dot-product attention with grouped-query heads (Vaswani et al. 2017; Ainslie et al. 2023).
+/// `q`: `(B, H, T, hd)`; `k`, `v`: `(B, n_kv, S, hd)`; `mask`: `(B, 1, T, S)` additive.
+/// `softcap` applies Gemma-2 style `tanh(s / c) * c` to the scores.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Result<Tensor> {
+    let (b, h, t, hd) = q.dims4()?;
+    let n_kv = k.dim(1)?;
+    let s = k.dim(2)?;
+    let rep = h / n_kv;
+    // Query heads of one group share a kv head; fold the group into the query rows so that no
+    // copy of K/V is made: (B, n_kv, rep*T, hd).
+    let q = q.contiguous()?.reshape((b, n_kv, rep * t, hd))?; // (B, n_kv, rep*T, hd)
+    let mut scores = (q.matmul(&k.t()?)? * scale)?; // (B, n_kv, rep*T, S)
+    if let Some(c) = softcap {
+        scores = ((scores / c)?.tanh()? * c)?;
+    }
+    if let Some(m) = mask {
+        let scores5 = scores.reshape((b, n_kv, rep, t, s))?; // (B, n_kv, rep, T, S)
+        let m = m.unsqueeze(1)?; // (B, 1, 1, T, S)
+        scores = scores5.broadcast_add(&m)?.reshape((b, n_kv, rep * t, s))?; // (B, n_kv, rep*T, S)
+    }
+    let probs = softmax_last(&scores)?;
+    let y = probs.matmul(&v.contiguous()?)?; // (B, n_kv, rep*T, hd)
+    y.reshape((b, h, t, hd)) // (B, H, T, hd)
+}
+
+/// `(B, T, H*hd)` → `(B, H, T, hd)`.
+pub fn split_heads(x: &Tensor, heads: usize, hd: usize) -> Result<Tensor> {
+    let (b, t, _) = x.dims3()?;
+    x.reshape((b, t, heads, hd))? // (B, T, H, hd)
+        .transpose(1, 2)? // (B, H, T, hd)
+        .contiguous()
+}
+
+/// `(B, H, T, hd)` → `(B, T, H*hd)`.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, h, t, hd) = x.dims4()?;
+    x.transpose(1, 2)? // (B, T, H, hd)
+        .contiguous()?
+        .reshape((b, t, h * hd)) // (B, T, H*hd)
+}

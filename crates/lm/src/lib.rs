@@ -1,0 +1,18 @@
+//! activepref's language-model core: real transformer weights (GGUF or HF safetensors) loaded into our
+//! own differentiable model code on candle, with batched KV-cache sampling and completion scoring.
+//! It knows nothing about preferences; the trainer and the active loop build on it.
+
+pub mod arch;
+pub mod config;
+pub mod load;
+pub mod model;
+pub mod params;
+pub mod sample;
+pub mod score;
+pub mod tokenizer;
+
+pub use arch::layers::{Context, KvCache};
+pub use config::{Arch, ModelConfig};
+pub use model::LanguageModel;
+pub use params::Params;
+pub use tokenizer::Tokenizer;

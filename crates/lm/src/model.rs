@@ -1,0 +1,230 @@
+//! `LanguageModel`: an architecture, its weights and its tokenizer behind one type, loaded from an HF
+//! safetensors directory or a GGUF file and saved as an HF safetensors directory.
+
+use crate::arch::layers::{Context, KvCache};
+use crate::arch::{gemma3::Gemma3, gpt2::Gpt2, llama::Llama};
+use crate::config::{Arch, ModelConfig};
+use crate::params::Params;
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context as _, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The network of one of the supported architectures.
+#[derive(Debug, Clone)]
+pub enum Net {
+    Gpt2(Gpt2),
+    Llama(Llama),
+    Gemma3(Gemma3),
+}
+
+impl Net {
+    pub fn new(cfg: &ModelConfig, p: &Params) -> Result<Self> {
+        cfg.validate()
+            .with_context(|| format!("{}: invalid model config", p.source))?;
+        Ok(match cfg.arch {
+            Arch::Gpt2 => Net::Gpt2(Gpt2::new(cfg, p)?),
+            Arch::Llama => Net::Llama(Llama::new(cfg, p)?),
+            Arch::Gemma3 => Net::Gemma3(Gemma3::new(cfg, p)?),
+        })
+    }
+}
+
+pub struct LanguageModel {
+    pub config: ModelConfig,
+    pub tokenizer: Tokenizer,
+    pub params: Params,
+    pub net: Net,
+}
+
+impl LanguageModel {
+    pub fn from_params(config: ModelConfig, tokenizer: Tokenizer, params: Params) -> Result<Self> {
+        let net = Net::new(&config, &params)?;
+        Ok(Self {
+            config,
+            tokenizer,
+            params,
+            net,
+        })
+    }
+
+    /// Loads a model from a GGUF file or an HF safetensors directory, as `dtype` on `device`.
+    pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let (config, tokenizer, params) = crate::load::load(path)?;
+        let params = params.to(dtype, device)?;
+        Self::from_params(config, tokenizer, params)
+    }
+
+    /// Saves as an HF directory: `config.json`, `model.safetensors`, `tokenizer.json`,
+    /// `tokenizer_config.json`, loadable here and by `transformers`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        crate::load::save_hf_dir(dir, &self.config, &self.tokenizer, &self.params)
+    }
+
+    pub fn device(&self) -> &Device {
+        self.params
+            .tensors
+            .values()
+            .next()
+            .map(|t| t.device())
+            .unwrap_or(&Device::Cpu)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.params
+            .tensors
+            .values()
+            .next()
+            .map(|t| t.dtype())
+            .unwrap_or(DType::F32)
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_layers)
+    }
+
+    /// Final hidden states `(B, T, d)` for token ids `(B, T)`.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        ctx: &Context,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        match &self.net {
+            Net::Gpt2(m) => m.hidden(ids, ctx, cache),
+            Net::Llama(m) => m.hidden(ids, ctx, cache),
+            Net::Gemma3(m) => m.hidden(ids, ctx, cache),
+        }
+    }
+
+    /// Logits `(B, T, V)` for hidden states `(B, T, d)`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.net {
+            Net::Gpt2(m) => m.logits(hidden),
+            Net::Llama(m) => m.logits(hidden),
+            Net::Gemma3(m) => m.logits(hidden),
+        }
+    }
+
+    /// Logits `(B, T, V)` for a fresh batch of right-padded (or unpadded) sequences.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let h = self.hidden(ids, &Context::fresh(ids.dim(0)?), None)?;
+        self.logits(&h)
+    }
+
+    /// Makes the parameters that `select` accepts trainable and rebuilds the network over them.
+    pub fn make_trainable(
+        &mut self,
+        select: impl Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, Var>> {
+        let vars = self.params.make_trainable(select)?;
+        self.net = Net::new(&self.config, &self.params)?;
+        Ok(vars)
+    }
+
+    /// A model with random weights (for tests and benchmarks): N(0, 0.02) matrices, norm scales near
+    /// one, small random biases.
+    pub fn random(
+        config: ModelConfig,
+        tokenizer: Tokenizer,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut params = Params::new(format!("random {} model", config.model_type));
+        for (name, shape) in param_shapes(&config) {
+            let n: usize = shape.iter().product();
+            let is_norm = shape.len() == 1 && (name.contains("norm") || name.contains("ln_"));
+            let is_gemma = config.arch == Arch::Gemma3;
+            let data: Vec<f32> = (0..n)
+                .map(|_| {
+                    // Box–Muller normal from two uniforms.
+                    let (u1, u2): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random::<f32>());
+                    let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
+                    if is_norm {
+                        (if is_gemma || !name.ends_with("weight") {
+                            0.0
+                        } else {
+                            1.0
+                        }) + 0.1 * z
+                    } else {
+                        0.02 * z
+                    }
+                })
+                .collect();
+            params.insert(
+                name,
+                Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?,
+            );
+        }
+        Self::from_params(config, tokenizer, params)
+    }
+}
+
+/// Every parameter of an architecture under its HF name, with its shape.
+pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, ff, hd, v) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.head_dim,
+        cfg.vocab_size,
+    );
+    let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut add = |name: String, shape: &[usize]| out.push((name, shape.to_vec()));
+    match cfg.arch {
+        Arch::Gpt2 => {
+            add("wte.weight".into(), &[v, d]);
+            add("wpe.weight".into(), &[cfg.max_position, d]);
+            for i in 0..cfg.num_layers {
+                for ln in ["ln_1", "ln_2"] {
+                    add(format!("h.{i}.{ln}.weight"), &[d]);
+                    add(format!("h.{i}.{ln}.bias"), &[d]);
+                }
+                for (n, o, inp) in [
+                    ("attn.c_attn", 3 * d, d),
+                    ("attn.c_proj", d, d),
+                    ("mlp.c_fc", ff, d),
+                    ("mlp.c_proj", d, ff),
+                ] {
+                    add(format!("h.{i}.{n}.weight"), &[o, inp]);
+                    add(format!("h.{i}.{n}.bias"), &[o]);
+                }
+            }
+            add("ln_f.weight".into(), &[d]);
+            add("ln_f.bias".into(), &[d]);
+        }
+        Arch::Llama | Arch::Gemma3 => {
+            add("model.embed_tokens.weight".into(), &[v, d]);
+            for i in 0..cfg.num_layers {
+                let p = format!("model.layers.{i}");
+                add(format!("{p}.input_layernorm.weight"), &[d]);
+                add(format!("{p}.post_attention_layernorm.weight"), &[d]);
+                for (n, o) in [("q_proj", qd), ("k_proj", kvd), ("v_proj", kvd)] {
+                    add(format!("{p}.self_attn.{n}.weight"), &[o, d]);
+                    if cfg.qkv_bias {
+                        add(format!("{p}.self_attn.{n}.bias"), &[o]);
+                    }
+                }
+                add(format!("{p}.self_attn.o_proj.weight"), &[d, qd]);
+                add(format!("{p}.mlp.gate_proj.weight"), &[ff, d]);
+                add(format!("{p}.mlp.up_proj.weight"), &[ff, d]);
+                add(format!("{p}.mlp.down_proj.weight"), &[d, ff]);
+                if cfg.arch == Arch::Gemma3 {
+                    add(format!("{p}.self_attn.q_norm.weight"), &[hd]);
+                    add(format!("{p}.self_attn.k_norm.weight"), &[hd]);
+                    add(format!("{p}.pre_feedforward_layernorm.weight"), &[d]);
+                    add(format!("{p}.post_feedforward_layernorm.weight"), &[d]);
+                }
+            }
+            add("model.norm.weight".into(), &[d]);
+        }
+    }
+    if !cfg.tie_word_embeddings {
+        add("lm_head.weight".into(), &[v, d]);
+    }
+    out
+}
