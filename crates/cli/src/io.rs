@@ -18,8 +18,7 @@ pub fn read_lines(path: &Path) -> Result<Vec<(usize, String)>> {
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
         let bytes = line.with_context(|| format!("reading {}", path.display()))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| anyhow!("{}:{}: not valid UTF-8", path.display(), i + 1))?;
+        let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}:{}: not valid UTF-8", path.display(), i + 1))?;
         let text = text.trim_end_matches('\r');
         if !text.trim().is_empty() {
             out.push((i + 1, text.to_string()));
@@ -29,8 +28,7 @@ pub fn read_lines(path: &Path) -> Result<Vec<(usize, String)>> {
 }
 
 fn parse_json(path: &Path, line: usize, text: &str) -> Result<Value> {
-    serde_json::from_str(text)
-        .map_err(|e| anyhow!("{}:{line}: not valid JSON ({e})", path.display()))
+    serde_json::from_str(text).map_err(|e| anyhow!("{}:{line}: not valid JSON ({e})", path.display()))
 }
 
 pub fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
@@ -39,21 +37,13 @@ pub fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
         let v = parse_json(path, line, &text)?;
         out.push(match v {
             Value::String(s) => PromptInput::Text(s),
-            Value::Object(ref o) if o.contains_key("messages") => {
-                PromptInput::Messages(o["messages"].clone())
-            }
+            Value::Object(ref o) if o.contains_key("messages") => PromptInput::Messages(o["messages"].clone()),
             Value::Object(ref o) => match o.get("prompt") {
                 Some(Value::String(s)) => PromptInput::Text(s.clone()),
                 Some(m @ Value::Array(_)) => PromptInput::Messages(m.clone()),
-                _ => bail!(
-                    "{}:{line}: expected a string field `prompt` or an array field `messages`",
-                    path.display()
-                ),
+                _ => bail!("{}:{line}: expected a string field `prompt` or an array field `messages`", path.display()),
             },
-            _ => bail!(
-                "{}:{line}: expected a JSON string or object",
-                path.display()
-            ),
+            _ => bail!("{}:{line}: expected a JSON string or object", path.display()),
         });
     }
     if out.is_empty() {
@@ -66,9 +56,7 @@ pub fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
 pub fn render_prompt(model: &LanguageModel, p: &PromptInput, chat: bool) -> Result<String> {
     match p {
         PromptInput::Text(t) if !chat => Ok(t.clone()),
-        PromptInput::Text(t) => model
-            .tokenizer
-            .apply_chat_template(&json!([{"role": "user", "content": t}]), true),
+        PromptInput::Text(t) => model.tokenizer.apply_chat_template(&json!([{"role": "user", "content": t}]), true),
         PromptInput::Messages(m) => model.tokenizer.apply_chat_template(m, true),
     }
 }
@@ -93,30 +81,12 @@ pub fn read_score_input(path: &Path) -> Result<Vec<ScoreRow>> {
         };
         let prompt = get("prompt")?;
         if v.get("completion").is_some() {
-            out.push(ScoreRow {
-                line,
-                field: "completion",
-                prompt,
-                completion: get("completion")?,
-            });
+            out.push(ScoreRow { line, field: "completion", prompt, completion: get("completion")? });
         } else if v.get("chosen").is_some() || v.get("rejected").is_some() {
-            out.push(ScoreRow {
-                line,
-                field: "chosen",
-                prompt: prompt.clone(),
-                completion: get("chosen")?,
-            });
-            out.push(ScoreRow {
-                line,
-                field: "rejected",
-                prompt,
-                completion: get("rejected")?,
-            });
+            out.push(ScoreRow { line, field: "chosen", prompt: prompt.clone(), completion: get("chosen")? });
+            out.push(ScoreRow { line, field: "rejected", prompt, completion: get("rejected")? });
         } else {
-            bail!(
-                "{}:{line}: expected field `completion`, or `chosen` and `rejected`",
-                path.display()
-            );
+            bail!("{}:{line}: expected field `completion`, or `chosen` and `rejected`", path.display());
         }
     }
     if out.is_empty() {

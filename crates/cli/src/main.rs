@@ -36,6 +36,13 @@ enum Command {
     Generate(GenerateArgs),
     /// Log-probabilities of completions given prompts (completion tokens only), as JSONL.
     Score(ScoreArgs),
+    /// Token ids of a text under a model's tokenizer, as JSON.
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The text to tokenize
+        text: String,
+    },
     /// Benchmarks; each prints ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -74,8 +81,9 @@ impl ModelArgs {
     pub fn device(&self) -> Result<Device> {
         match self.device.as_str() {
             "cpu" => Ok(Device::Cpu),
-            "cuda" => Device::new_cuda(0)
-                .context("opening CUDA device 0 (was this binary built with --features cuda?)"),
+            "cuda" => {
+                Device::new_cuda(0).context("opening CUDA device 0 (was this binary built with --features cuda?)")
+            }
             other => bail!("--device {other:?}: expected cpu or cuda"),
         }
     }
@@ -174,11 +182,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let model = a.model.load()?;
     let texts: Vec<io::PromptInput> = match (&a.prompts, a.prompt.is_empty()) {
         (Some(p), _) => io::read_prompts(p)?,
-        (None, false) => a
-            .prompt
-            .iter()
-            .map(|t| io::PromptInput::Text(t.clone()))
-            .collect(),
+        (None, false) => a.prompt.iter().map(|t| io::PromptInput::Text(t.clone())).collect(),
         (None, true) => bail!("give --prompt TEXT or --prompts FILE.jsonl"),
     };
     let mut rendered = Vec::with_capacity(texts.len());
@@ -187,10 +191,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     }
     let mut ids = Vec::with_capacity(rendered.len() * a.n);
     for (i, r) in rendered.iter().enumerate() {
-        let toks = model
-            .tokenizer
-            .encode(r)
-            .with_context(|| format!("prompt {i}"))?;
+        let toks = model.tokenizer.encode(r).with_context(|| format!("prompt {i}"))?;
         for _ in 0..a.n {
             ids.push(toks.clone());
         }
@@ -205,9 +206,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     };
     let pb = bar(ids.len(), "generating");
     let t0 = std::time::Instant::now();
-    let samples = generate(&model, &ids, &params, None, a.batch_size, 0, |n| {
-        pb.set_position(n as u64)
-    })?;
+    let samples = generate(&model, &ids, &params, None, a.batch_size, 0, |n| pb.set_position(n as u64))?;
     pb.finish_and_clear();
     let new_tokens: usize = samples.iter().map(|s| s.tokens.len()).sum();
     let secs = t0.elapsed().as_secs_f64();
@@ -229,10 +228,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
             writeln!(out, "=== {} ===\n{}{}\n", i, rendered[i / a.n], text)?;
         }
     }
-    eprintln!(
-        "{new_tokens} new tokens in {secs:.1} s ({:.1} tokens/s)",
-        new_tokens as f64 / secs
-    );
+    eprintln!("{new_tokens} new tokens in {secs:.1} s ({:.1} tokens/s)", new_tokens as f64 / secs);
     Ok(())
 }
 
@@ -241,14 +237,9 @@ fn run_score(a: ScoreArgs) -> Result<()> {
     let rows = io::read_score_input(&a.input)?;
     let mut items = Vec::with_capacity(rows.len());
     for r in &rows {
-        let p = model
-            .tokenizer
-            .encode(&r.prompt)
-            .with_context(|| format!("{}:{}", a.input.display(), r.line))?;
-        let c = model
-            .tokenizer
-            .encode_plain(&r.completion)
-            .with_context(|| format!("{}:{}", a.input.display(), r.line))?;
+        let p = model.tokenizer.encode(&r.prompt).with_context(|| format!("{}:{}", a.input.display(), r.line))?;
+        let c =
+            model.tokenizer.encode_plain(&r.completion).with_context(|| format!("{}:{}", a.input.display(), r.line))?;
         if c.is_empty() {
             bail!(
                 "{}:{}: field `{}` is empty; a completion needs at least one token",
@@ -278,14 +269,21 @@ fn run_score(a: ScoreArgs) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Assets {
-            action: AssetsAction::Fetch { dir },
-        } => assets::fetch(&dir.unwrap_or_else(assets::default_dir)),
+        Command::Assets { action: AssetsAction::Fetch { dir } } => {
+            assets::fetch(&dir.unwrap_or_else(assets::default_dir))
+        }
         Command::Generate(a) => run_generate(a),
         Command::Score(a) => run_score(a),
-        Command::Bench {
-            what: BenchWhat::Lm(a),
-        } => bench::lm(a),
+        Command::Tokenize { model, text } => (|| {
+            let path = match &model.model {
+                Some(p) => p.clone(),
+                None => assets::default_model()?,
+            };
+            let (_, tok, _) = lm::load::load(&path)?;
+            println!("{}", json!(tok.encode(&text)?));
+            Ok(())
+        })(),
+        Command::Bench { what: BenchWhat::Lm(a) } => bench::lm(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

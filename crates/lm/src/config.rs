@@ -73,11 +73,7 @@ fn opt_f64(v: &Value, key: &str) -> Option<f64> {
 fn token_ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_u64)
-            .map(|x| x as u32)
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
         _ => vec![],
     }
 }
@@ -85,12 +81,9 @@ fn token_ids(v: Option<&Value>) -> Vec<u32> {
 impl ModelConfig {
     /// Reads an HF `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", path.display()))?;
-        Self::from_hf_json(&v)
-            .with_context(|| format!("{}: unsupported or invalid model config", path.display()))
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+        Self::from_hf_json(&v).with_context(|| format!("{}: unsupported or invalid model config", path.display()))
     }
 
     pub fn from_hf_json(v: &Value) -> Result<Self> {
@@ -127,9 +120,7 @@ impl ModelConfig {
                     sliding_window: None,
                     sliding_window_pattern: 1,
                     qkv_bias: true,
-                    tie_word_embeddings: get(v, "tie_word_embeddings")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(true),
+                    tie_word_embeddings: get(v, "tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true),
                     query_pre_attn_scalar: None,
                     attn_logit_softcap: None,
                     final_logit_softcap: None,
@@ -143,22 +134,16 @@ impl ModelConfig {
                 let gemma = model_type.starts_with("gemma3");
                 let rope_scale = get(v, "rope_scaling")
                     .filter(|r| {
-                        matches!(
-                            get(r, "rope_type")
-                                .or(get(r, "type"))
-                                .and_then(Value::as_str),
-                            Some("linear")
-                        )
+                        matches!(get(r, "rope_type").or(get(r, "type")).and_then(Value::as_str), Some("linear"))
                     })
                     .and_then(|r| opt_f64(r, "factor"))
                     .unwrap_or(1.0);
                 if let Some(r) = get(v, "rope_scaling") {
-                    let kind = get(r, "rope_type")
-                        .or(get(r, "type"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
+                    let kind = get(r, "rope_type").or(get(r, "type")).and_then(Value::as_str).unwrap_or("");
                     if !matches!(kind, "linear" | "default" | "") {
-                        bail!("field `rope_scaling.rope_type` = {kind:?} is not supported (expected linear or default)");
+                        bail!(
+                            "field `rope_scaling.rope_type` = {kind:?} is not supported (expected linear or default)"
+                        );
                     }
                 }
                 let pattern = if gemma {
@@ -166,9 +151,7 @@ impl ModelConfig {
                         .or_else(|| {
                             // Newer configs list `layer_types`; recover the period of global layers.
                             let lt = get(v, "layer_types")?.as_array()?;
-                            lt.iter()
-                                .position(|x| x.as_str() == Some("full_attention"))
-                                .map(|i| i + 1)
+                            lt.iter().position(|x| x.as_str() == Some("full_attention")).map(|i| i + 1)
                         })
                         .unwrap_or(6)
                 } else {
@@ -176,11 +159,7 @@ impl ModelConfig {
                 };
                 Ok(Self {
                     arch: if gemma { Arch::Gemma3 } else { Arch::Llama },
-                    model_type: if model_type == "gemma3" {
-                        "gemma3_text".into()
-                    } else {
-                        model_type.clone()
-                    },
+                    model_type: if model_type == "gemma3" { "gemma3_text".into() } else { model_type.clone() },
                     vocab_size: usize_field(v, "vocab_size")?,
                     hidden_size: d,
                     intermediate_size: usize_field(v, "intermediate_size")?,
@@ -190,31 +169,15 @@ impl ModelConfig {
                     head_dim: opt_usize(v, "head_dim").unwrap_or(d / heads),
                     max_position: opt_usize(v, "max_position_embeddings").unwrap_or(2048),
                     norm_eps: opt_f64(v, "rms_norm_eps").unwrap_or(1e-6),
-                    rope_theta: opt_f64(v, "rope_theta").unwrap_or(if gemma {
-                        1e6
-                    } else {
-                        10000.0
-                    }),
+                    rope_theta: opt_f64(v, "rope_theta").unwrap_or(if gemma { 1e6 } else { 10000.0 }),
                     rope_scale,
                     rope_local_theta: opt_f64(v, "rope_local_base_freq").unwrap_or(10000.0),
-                    sliding_window: if gemma {
-                        opt_usize(v, "sliding_window").or(Some(4096))
-                    } else {
-                        None
-                    },
+                    sliding_window: if gemma { opt_usize(v, "sliding_window").or(Some(4096)) } else { None },
                     sliding_window_pattern: pattern,
                     qkv_bias: model_type == "qwen2"
-                        || get(v, "attention_bias")
-                            .and_then(Value::as_bool)
-                            .unwrap_or(false),
-                    tie_word_embeddings: get(v, "tie_word_embeddings")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(gemma),
-                    query_pre_attn_scalar: if gemma {
-                        opt_f64(v, "query_pre_attn_scalar")
-                    } else {
-                        None
-                    },
+                        || get(v, "attention_bias").and_then(Value::as_bool).unwrap_or(false),
+                    tie_word_embeddings: get(v, "tie_word_embeddings").and_then(Value::as_bool).unwrap_or(gemma),
+                    query_pre_attn_scalar: if gemma { opt_f64(v, "query_pre_attn_scalar") } else { None },
                     attn_logit_softcap: opt_f64(v, "attn_logit_softcapping"),
                     final_logit_softcap: opt_f64(v, "final_logit_softcapping"),
                     bos_token_id: bos,
@@ -272,39 +235,20 @@ impl ModelConfig {
                 });
                 let m = v.as_object_mut().unwrap();
                 if self.rope_scale != 1.0 {
-                    m.insert(
-                        "rope_scaling".into(),
-                        json!({"rope_type": "linear", "factor": self.rope_scale}),
-                    );
+                    m.insert("rope_scaling".into(), json!({"rope_type": "linear", "factor": self.rope_scale}));
                 }
                 if self.arch == Arch::Llama {
                     m.insert("attention_bias".into(), json!(self.qkv_bias));
-                    let archs = if self.model_type == "qwen2" {
-                        "Qwen2ForCausalLM"
-                    } else {
-                        "LlamaForCausalLM"
-                    };
+                    let archs = if self.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
                     m.insert("architectures".into(), json!([archs]));
                 } else {
                     m.insert("architectures".into(), json!(["Gemma3ForCausalLM"]));
                     m.insert("rope_local_base_freq".into(), json!(self.rope_local_theta));
                     m.insert("sliding_window".into(), json!(self.sliding_window));
-                    m.insert(
-                        "sliding_window_pattern".into(),
-                        json!(self.sliding_window_pattern),
-                    );
-                    m.insert(
-                        "query_pre_attn_scalar".into(),
-                        json!(self.query_pre_attn_scalar),
-                    );
-                    m.insert(
-                        "attn_logit_softcapping".into(),
-                        json!(self.attn_logit_softcap),
-                    );
-                    m.insert(
-                        "final_logit_softcapping".into(),
-                        json!(self.final_logit_softcap),
-                    );
+                    m.insert("sliding_window_pattern".into(), json!(self.sliding_window_pattern));
+                    m.insert("query_pre_attn_scalar".into(), json!(self.query_pre_attn_scalar));
+                    m.insert("attn_logit_softcapping".into(), json!(self.attn_logit_softcap));
+                    m.insert("final_logit_softcapping".into(), json!(self.final_logit_softcap));
                 }
                 v
             }
@@ -318,8 +262,7 @@ impl ModelConfig {
 
     /// Checks the numbers are consistent before any tensor is built.
     pub fn validate(&self) -> Result<()> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
-        {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
             bail!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})",
                 self.num_heads,
@@ -327,10 +270,7 @@ impl ModelConfig {
             );
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 && self.arch != Arch::Gpt2 {
-            bail!(
-                "head_dim ({}) must be positive and even for rotary embeddings",
-                self.head_dim
-            );
+            bail!("head_dim ({}) must be positive and even for rotary embeddings", self.head_dim);
         }
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
             bail!("vocab_size, hidden_size and num_layers must be positive");

@@ -9,6 +9,7 @@ pub mod model;
 pub mod params;
 pub mod sample;
 pub mod score;
+pub mod testing;
 pub mod tokenizer;
 
 pub use arch::layers::{Context, KvCache};

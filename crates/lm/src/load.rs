@@ -19,10 +19,7 @@ use std::path::Path;
 /// Loads config, tokenizer and f32 parameters (on CPU) from `path`.
 pub fn load(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
     if !path.exists() {
-        bail!(
-            "{}: no such file or directory (expected a .gguf file or an HF model directory)",
-            path.display()
-        );
+        bail!("{}: no such file or directory (expected a .gguf file or an HF model directory)", path.display());
     }
     if path.is_dir() {
         load_hf_dir(path)
@@ -37,10 +34,7 @@ pub fn load(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
 fn load_hf_dir(dir: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
-        bail!(
-            "{}: missing; an HF model directory needs config.json",
-            cfg_path.display()
-        );
+        bail!("{}: missing; an HF model directory needs config.json", cfg_path.display());
     }
     let config = ModelConfig::from_hf_file(&cfg_path)?;
     let tokenizer = Tokenizer::from_hf_dir(dir, &config.eos_token_ids, config.bos_token_id)?;
@@ -51,10 +45,7 @@ fn load_hf_dir(dir: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
         .collect();
     files.sort();
     if files.is_empty() {
-        bail!(
-            "{}: no *.safetensors weight files in the directory",
-            dir.display()
-        );
+        bail!("{}: no *.safetensors weight files in the directory", dir.display());
     }
     let mut params = Params::new(dir.display().to_string());
     for f in &files {
@@ -65,11 +56,7 @@ fn load_hf_dir(dir: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
                 continue;
             };
             let t = t.to_dtype(DType::F32)?;
-            let t = if config.arch == Arch::Gpt2 && is_conv1d(&name) {
-                t.t()?.contiguous()?
-            } else {
-                t
-            };
+            let t = if config.arch == Arch::Gpt2 && is_conv1d(&name) { t.t()?.contiguous()? } else { t };
             params.insert(name, t);
         }
     }
@@ -98,27 +85,15 @@ fn hf_name(config: &ModelConfig, name: &str) -> Option<String> {
 }
 
 /// Writes an HF directory (config, weights, tokenizer).
-pub fn save_hf_dir(
-    dir: &Path,
-    config: &ModelConfig,
-    tokenizer: &Tokenizer,
-    params: &Params,
-) -> Result<()> {
+pub fn save_hf_dir(dir: &Path, config: &ModelConfig, tokenizer: &Tokenizer, params: &Params) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let cfg_path = dir.join("config.json");
-    std::fs::write(
-        &cfg_path,
-        serde_json::to_string_pretty(&config.to_hf_json())?,
-    )
-    .with_context(|| format!("writing {}", cfg_path.display()))?;
+    std::fs::write(&cfg_path, serde_json::to_string_pretty(&config.to_hf_json())?)
+        .with_context(|| format!("writing {}", cfg_path.display()))?;
     let mut out = Params::new(dir.display().to_string());
     for (name, t) in &params.tensors {
         let t = t.detach().to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        let t = if config.arch == Arch::Gpt2 && is_conv1d(name) {
-            t.t()?.contiguous()?
-        } else {
-            t
-        };
+        let t = if config.arch == Arch::Gpt2 && is_conv1d(name) { t.t()?.contiguous()? } else { t };
         out.insert(name.clone(), t);
     }
     // Write to a temporary name first so an interrupted save never leaves a truncated model behind.
@@ -132,8 +107,7 @@ pub fn save_hf_dir(
 // GGUF
 
 fn meta<'a>(md: &'a HashMap<String, Value>, key: &str) -> Result<&'a Value> {
-    md.get(key)
-        .ok_or_else(|| anyhow!("metadata key `{key}` is missing"))
+    md.get(key).ok_or_else(|| anyhow!("metadata key `{key}` is missing"))
 }
 
 fn meta_usize(md: &HashMap<String, Value>, key: &str) -> Result<usize> {
@@ -142,14 +116,11 @@ fn meta_usize(md: &HashMap<String, Value>, key: &str) -> Result<usize> {
 }
 
 fn meta_opt_usize(md: &HashMap<String, Value>, key: &str) -> Option<usize> {
-    md.get(key)
-        .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
-        .map(|x| x as usize)
+    md.get(key).and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from))).map(|x| x as usize)
 }
 
 fn meta_opt_f64(md: &HashMap<String, Value>, key: &str) -> Option<f64> {
-    md.get(key)
-        .and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok()))
+    md.get(key).and_then(|v| v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok()))
 }
 
 fn meta_str(md: &HashMap<String, Value>, key: &str) -> Option<String> {
@@ -193,11 +164,7 @@ fn gguf_config(md: &HashMap<String, Value>, n_tokens: usize) -> Result<ModelConf
         head_dim,
         max_position: meta_opt_usize(md, &format!("{a}.context_length")).unwrap_or(2048),
         norm_eps: eps,
-        rope_theta: meta_opt_f64(md, &format!("{a}.rope.freq_base")).unwrap_or(if gemma {
-            1e6
-        } else {
-            10000.0
-        }),
+        rope_theta: meta_opt_f64(md, &format!("{a}.rope.freq_base")).unwrap_or(if gemma { 1e6 } else { 10000.0 }),
         rope_scale,
         rope_local_theta: 10000.0,
         sliding_window: if gemma {
@@ -205,17 +172,23 @@ fn gguf_config(md: &HashMap<String, Value>, n_tokens: usize) -> Result<ModelConf
         } else {
             None
         },
-        sliding_window_pattern: if gemma { 6 } else { 1 },
+        // llama.cpp hard-codes Gemma3's pattern of 6 (5 local, 1 global); newer files state it.
+        sliding_window_pattern: if gemma {
+            meta_opt_usize(md, &format!("{a}.attention.sliding_window_pattern")).unwrap_or(6)
+        } else {
+            1
+        },
         qkv_bias: false,           // set from the tensors present
         tie_word_embeddings: true, // set from the tensors present
-        query_pre_attn_scalar: if gemma { Some(head_dim as f64) } else { None },
+        query_pre_attn_scalar: if gemma {
+            Some(meta_opt_f64(md, &format!("{a}.attention.query_pre_attn_scalar")).unwrap_or(head_dim as f64))
+        } else {
+            None
+        },
         attn_logit_softcap: meta_opt_f64(md, &format!("{a}.attn_logit_softcapping")),
         final_logit_softcap: meta_opt_f64(md, &format!("{a}.final_logit_softcapping")),
         bos_token_id: meta_opt_usize(md, "tokenizer.ggml.bos_token_id").map(|x| x as u32),
-        eos_token_ids: meta_opt_usize(md, "tokenizer.ggml.eos_token_id")
-            .map(|x| x as u32)
-            .into_iter()
-            .collect(),
+        eos_token_ids: meta_opt_usize(md, "tokenizer.ggml.eos_token_id").map(|x| x as u32).into_iter().collect(),
     })
 }
 
@@ -261,11 +234,7 @@ fn gguf_to_hf(arch: Arch, name: &str) -> Option<String> {
         (Arch::Gemma3, "post_ffw_norm") => "post_feedforward_layernorm",
         _ => return None,
     };
-    let prefix = if arch == Arch::Gpt2 {
-        "h"
-    } else {
-        "model.layers"
-    };
+    let prefix = if arch == Arch::Gpt2 { "h" } else { "model.layers" };
     Some(format!("{prefix}.{layer}.{hf_stem}.{kind}"))
 }
 
@@ -314,10 +283,7 @@ fn load_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
             .map(|x| x.to_string().cloned().map_err(|e| anyhow!("{e}")))
             .collect::<Result<_>>()
             .map_err(ctx)?,
-        None => bail!(
-            "{}: metadata key `tokenizer.ggml.tokens` is missing: the file has no tokenizer",
-            path.display()
-        ),
+        None => bail!("{}: metadata key `tokenizer.ggml.tokens` is missing: the file has no tokenizer", path.display()),
     };
     let mut config = gguf_config(md, tokens.len()).map_err(ctx)?;
     let token_types: Vec<i32> = md
@@ -328,11 +294,7 @@ fn load_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
     let merges: Vec<String> = md
         .get("tokenizer.ggml.merges")
         .and_then(|v| v.to_vec().ok())
-        .map(|v| {
-            v.iter()
-                .filter_map(|x| x.to_string().ok().cloned())
-                .collect()
-        })
+        .map(|v| v.iter().filter_map(|x| x.to_string().ok().cloned()).collect())
         .unwrap_or_default();
     let tokenizer = Tokenizer::from_gguf_vocab(GgufVocab {
         model: meta_str(md, "tokenizer.ggml.model").unwrap_or_else(|| "gpt2".into()),
@@ -343,10 +305,7 @@ fn load_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
         bos: config.bos_token_id,
         eos: config.eos_token_ids.first().copied(),
         pad: meta_opt_usize(md, "tokenizer.ggml.padding_token_id").map(|x| x as u32),
-        add_bos: md
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.to_bool().ok())
-            .unwrap_or(false),
+        add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
         chat_template: meta_str(md, "tokenizer.chat_template"),
     })
     .with_context(|| format!("{}: building the tokenizer", path.display()))?;
@@ -360,22 +319,14 @@ fn load_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
             if name.starts_with("rope_") {
                 continue;
             }
-            bail!(
-                "{}: tensor `{name}` is not a known {:?} tensor",
-                path.display(),
-                config.arch
-            );
+            bail!("{}: tensor `{name}` is not a known {:?} tensor", path.display(), config.arch);
         };
         let q = content
             .tensor(&mut reader, name, &Device::Cpu)
             .map_err(|e| anyhow!("{}: reading tensor `{name}`: {e}", path.display()))?;
-        let mut t = q.dequantize(&Device::Cpu).map_err(|e| {
-            anyhow!(
-                "{}: dequantising tensor `{name}` ({:?}): {e}",
-                path.display(),
-                q.dtype()
-            )
-        })?;
+        let mut t = q
+            .dequantize(&Device::Cpu)
+            .map_err(|e| anyhow!("{}: dequantising tensor `{name}` ({:?}): {e}", path.display(), q.dtype()))?;
         if config.arch == Arch::Llama && config.model_type == "llama" {
             if hf.contains("self_attn.q_proj") {
                 t = unpermute_qk(&t, config.num_heads)?;
@@ -395,4 +346,126 @@ fn load_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
     config.tie_word_embeddings = !params.contains("lm_head.weight");
     config.qkv_bias = params.contains("model.layers.0.self_attn.q_proj.bias");
     Ok((config, tokenizer, params))
+}
+
+/// Writes a model as a GGUF file in llama.cpp's conventions (names, permuted Q/K for Llama, Gemma norms
+/// stored as `1 + w`), with 2-D weights quantised to `quant` where their rows allow it. Used to test the
+/// GGUF reader against files whose exact contents we know, and to hand models to llama.cpp.
+pub fn write_gguf(
+    path: &Path,
+    config: &ModelConfig,
+    params: &Params,
+    vocab: &GgufVocab,
+    quant: candle_core::quantized::GgmlDType,
+) -> Result<()> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let a = match (config.arch, config.model_type.as_str()) {
+        (Arch::Llama, "qwen2") => "qwen2",
+        (Arch::Llama, _) => "llama",
+        (Arch::Gemma3, _) => "gemma3",
+        (Arch::Gpt2, _) => "gpt2",
+    };
+    // Reverse of `gguf_to_hf`, enumerated over every name llama.cpp could use.
+    let stems = [
+        "attn_norm",
+        "attn_qkv",
+        "attn_output",
+        "ffn_norm",
+        "ffn_up",
+        "ffn_down",
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "ffn_gate",
+        "attn_q_norm",
+        "attn_k_norm",
+        "post_attention_norm",
+        "post_ffw_norm",
+    ];
+    let mut reverse = HashMap::new();
+    for g in ["token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias", "output.weight"] {
+        if let Some(h) = gguf_to_hf(config.arch, g) {
+            reverse.insert(h, g.to_string());
+        }
+    }
+    for i in 0..config.num_layers {
+        for s in stems {
+            for k in ["weight", "bias"] {
+                let g = format!("blk.{i}.{s}.{k}");
+                if let Some(h) = gguf_to_hf(config.arch, &g) {
+                    reverse.insert(h, g);
+                }
+            }
+        }
+    }
+    let u32v = |x: usize| Value::U32(x as u32);
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        (format!("{a}.block_count"), u32v(config.num_layers)),
+        (format!("{a}.context_length"), u32v(config.max_position)),
+        (format!("{a}.embedding_length"), u32v(config.hidden_size)),
+        (format!("{a}.feed_forward_length"), u32v(config.intermediate_size)),
+        (format!("{a}.attention.head_count"), u32v(config.num_heads)),
+        (format!("{a}.attention.head_count_kv"), u32v(config.num_kv_heads)),
+        (format!("{a}.attention.key_length"), u32v(config.head_dim)),
+        (format!("{a}.rope.freq_base"), Value::F32(config.rope_theta as f32)),
+        (format!("{a}.vocab_size"), u32v(config.vocab_size)),
+        ("tokenizer.ggml.model".into(), Value::String(vocab.model.clone())),
+        ("tokenizer.ggml.pre".into(), Value::String(vocab.pre.clone())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(vocab.tokens.iter().map(|t| Value::String(t.clone())).collect())),
+        ("tokenizer.ggml.token_type".into(), Value::Array(vocab.token_types.iter().map(|&t| Value::I32(t)).collect())),
+        ("tokenizer.ggml.merges".into(), Value::Array(vocab.merges.iter().map(|t| Value::String(t.clone())).collect())),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(vocab.add_bos)),
+    ];
+    let eps_key = if config.arch == Arch::Gpt2 { "layer_norm_epsilon" } else { "layer_norm_rms_epsilon" };
+    md.push((format!("{a}.attention.{eps_key}"), Value::F32(config.norm_eps as f32)));
+    if let Some(w) = config.sliding_window {
+        md.push((format!("{a}.attention.sliding_window"), u32v(w)));
+    }
+    if config.arch == Arch::Gemma3 {
+        md.push((format!("{a}.attention.sliding_window_pattern"), u32v(config.sliding_window_pattern)));
+        if let Some(s) = config.query_pre_attn_scalar {
+            md.push((format!("{a}.attention.query_pre_attn_scalar"), Value::F32(s as f32)));
+        }
+    }
+    if config.rope_scale != 1.0 {
+        md.push((format!("{a}.rope.scaling.type"), Value::String("linear".into())));
+        md.push((format!("{a}.rope.scaling.factor"), Value::F32(config.rope_scale as f32)));
+    }
+    for (k, v) in
+        [("attn_logit_softcapping", config.attn_logit_softcap), ("final_logit_softcapping", config.final_logit_softcap)]
+    {
+        if let Some(v) = v {
+            md.push((format!("{a}.{k}"), Value::F32(v as f32)));
+        }
+    }
+    for (k, v) in [("bos", vocab.bos), ("eos", vocab.eos), ("padding", vocab.pad)] {
+        if let Some(v) = v {
+            md.push((format!("tokenizer.ggml.{k}_token_id"), Value::U32(v)));
+        }
+    }
+    if let Some(t) = &vocab.chat_template {
+        md.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
+    }
+    let mut tensors = Vec::new();
+    for (name, t) in &params.tensors {
+        let g = reverse.get(name).ok_or_else(|| anyhow!("tensor `{name}` has no GGUF name for {a}"))?;
+        let mut t = t.detach().to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        if a == "llama" && name.contains("self_attn.q_proj") {
+            t = permute_qk(&t, config.num_heads)?;
+        } else if a == "llama" && name.contains("self_attn.k_proj") {
+            t = permute_qk(&t, config.num_kv_heads)?;
+        }
+        if a == "gemma3" && name.ends_with("norm.weight") {
+            t = (t + 1.0)?;
+        }
+        let dtype = if t.rank() == 2 && t.dim(1)? % quant.block_size() == 0 { quant } else { GgmlDType::F32 };
+        tensors.push((g.clone(), QTensor::quantize(&t, dtype)?));
+    }
+    let mut f =
+        std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+    let md_ref: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_ref: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    candle_core::quantized::gguf_file::write(&mut f, &md_ref, &t_ref)?;
+    Ok(())
 }

@@ -22,8 +22,7 @@ pub enum Net {
 
 impl Net {
     pub fn new(cfg: &ModelConfig, p: &Params) -> Result<Self> {
-        cfg.validate()
-            .with_context(|| format!("{}: invalid model config", p.source))?;
+        cfg.validate().with_context(|| format!("{}: invalid model config", p.source))?;
         Ok(match cfg.arch {
             Arch::Gpt2 => Net::Gpt2(Gpt2::new(cfg, p)?),
             Arch::Llama => Net::Llama(Llama::new(cfg, p)?),
@@ -42,12 +41,7 @@ pub struct LanguageModel {
 impl LanguageModel {
     pub fn from_params(config: ModelConfig, tokenizer: Tokenizer, params: Params) -> Result<Self> {
         let net = Net::new(&config, &params)?;
-        Ok(Self {
-            config,
-            tokenizer,
-            params,
-            net,
-        })
+        Ok(Self { config, tokenizer, params, net })
     }
 
     /// Loads a model from a GGUF file or an HF safetensors directory, as `dtype` on `device`.
@@ -64,21 +58,11 @@ impl LanguageModel {
     }
 
     pub fn device(&self) -> &Device {
-        self.params
-            .tensors
-            .values()
-            .next()
-            .map(|t| t.device())
-            .unwrap_or(&Device::Cpu)
+        self.params.tensors.values().next().map(|t| t.device()).unwrap_or(&Device::Cpu)
     }
 
     pub fn dtype(&self) -> DType {
-        self.params
-            .tensors
-            .values()
-            .next()
-            .map(|t| t.dtype())
-            .unwrap_or(DType::F32)
+        self.params.tensors.values().next().map(|t| t.dtype()).unwrap_or(DType::F32)
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -86,12 +70,7 @@ impl LanguageModel {
     }
 
     /// Final hidden states `(B, T, d)` for token ids `(B, T)`.
-    pub fn hidden(
-        &self,
-        ids: &Tensor,
-        ctx: &Context,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, ctx: &Context, cache: Option<&mut KvCache>) -> Result<Tensor> {
         match &self.net {
             Net::Gpt2(m) => m.hidden(ids, ctx, cache),
             Net::Llama(m) => m.hidden(ids, ctx, cache),
@@ -115,10 +94,7 @@ impl LanguageModel {
     }
 
     /// Makes the parameters that `select` accepts trainable and rebuilds the network over them.
-    pub fn make_trainable(
-        &mut self,
-        select: impl Fn(&str) -> bool,
-    ) -> Result<BTreeMap<String, Var>> {
+    pub fn make_trainable(&mut self, select: impl Fn(&str) -> bool) -> Result<BTreeMap<String, Var>> {
         let vars = self.params.make_trainable(select)?;
         self.net = Net::new(&self.config, &self.params)?;
         Ok(vars)
@@ -126,13 +102,7 @@ impl LanguageModel {
 
     /// A model with random weights (for tests and benchmarks): N(0, 0.02) matrices, norm scales near
     /// one, small random biases.
-    pub fn random(
-        config: ModelConfig,
-        tokenizer: Tokenizer,
-        seed: u64,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn random(config: ModelConfig, tokenizer: Tokenizer, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut params = Params::new(format!("random {} model", config.model_type));
         for (name, shape) in param_shapes(&config) {
@@ -145,20 +115,13 @@ impl LanguageModel {
                     let (u1, u2): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random::<f32>());
                     let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
                     if is_norm {
-                        (if is_gemma || !name.ends_with("weight") {
-                            0.0
-                        } else {
-                            1.0
-                        }) + 0.1 * z
+                        (if is_gemma || !name.ends_with("weight") { 0.0 } else { 1.0 }) + 0.1 * z
                     } else {
                         0.02 * z
                     }
                 })
                 .collect();
-            params.insert(
-                name,
-                Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?,
-            );
+            params.insert(name, Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?);
         }
         Self::from_params(config, tokenizer, params)
     }
@@ -166,12 +129,7 @@ impl LanguageModel {
 
 /// Every parameter of an architecture under its HF name, with its shape.
 pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, ff, hd, v) = (
-        cfg.hidden_size,
-        cfg.intermediate_size,
-        cfg.head_dim,
-        cfg.vocab_size,
-    );
+    let (d, ff, hd, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim, cfg.vocab_size);
     let (qd, kvd) = (cfg.num_heads * hd, cfg.num_kv_heads * hd);
     let mut out: Vec<(String, Vec<usize>)> = Vec::new();
     let mut add = |name: String, shape: &[usize]| out.push((name, shape.to_vec()));
@@ -184,12 +142,9 @@ pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
                     add(format!("h.{i}.{ln}.weight"), &[d]);
                     add(format!("h.{i}.{ln}.bias"), &[d]);
                 }
-                for (n, o, inp) in [
-                    ("attn.c_attn", 3 * d, d),
-                    ("attn.c_proj", d, d),
-                    ("mlp.c_fc", ff, d),
-                    ("mlp.c_proj", d, ff),
-                ] {
+                for (n, o, inp) in
+                    [("attn.c_attn", 3 * d, d), ("attn.c_proj", d, d), ("mlp.c_fc", ff, d), ("mlp.c_proj", d, ff)]
+                {
                     add(format!("h.{i}.{n}.weight"), &[o, inp]);
                     add(format!("h.{i}.{n}.bias"), &[o]);
                 }

@@ -17,10 +17,7 @@ pub struct Params {
 
 impl Params {
     pub fn new(source: impl Into<String>) -> Self {
-        Self {
-            tensors: BTreeMap::new(),
-            source: source.into(),
-        }
+        Self { tensors: BTreeMap::new(), source: source.into() }
     }
 
     pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
@@ -35,17 +32,10 @@ impl Params {
     pub fn get(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
         let t = match self.tensors.get(name) {
             Some(t) => t,
-            None => bail!(
-                "{}: tensor `{name}` (shape {dims:?}) is missing",
-                self.source
-            ),
+            None => bail!("{}: tensor `{name}` (shape {dims:?}) is missing", self.source),
         };
         if t.dims() != dims {
-            bail!(
-                "{}: tensor `{name}` has shape {:?}, expected {dims:?}",
-                self.source,
-                t.dims()
-            );
+            bail!("{}: tensor `{name}` has shape {:?}, expected {dims:?}", self.source, t.dims());
         }
         Ok(t.clone())
     }
@@ -69,10 +59,7 @@ impl Params {
 
     /// Replaces every tensor whose name `select` accepts by a fresh `Var` (a trainable copy) and returns
     /// those vars by name. The rest stay plain tensors and receive no gradient.
-    pub fn make_trainable(
-        &mut self,
-        select: impl Fn(&str) -> bool,
-    ) -> Result<BTreeMap<String, Var>> {
+    pub fn make_trainable(&mut self, select: impl Fn(&str) -> bool) -> Result<BTreeMap<String, Var>> {
         let mut vars = BTreeMap::new();
         for (name, t) in self.tensors.iter_mut() {
             if select(name) {
@@ -86,13 +73,9 @@ impl Params {
 
     /// Writes all tensors to one safetensors file (f32 unless they are another float type already).
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        let tensors: std::collections::HashMap<String, Tensor> = self
-            .tensors
-            .iter()
-            .map(|(k, t)| (k.clone(), t.detach()))
-            .collect();
-        candle_core::safetensors::save(&tensors, path)
-            .with_context(|| format!("writing {}", path.display()))
+        let tensors: std::collections::HashMap<String, Tensor> =
+            self.tensors.iter().map(|(k, t)| (k.clone(), t.detach())).collect();
+        candle_core::safetensors::save(&tensors, path).with_context(|| format!("writing {}", path.display()))
     }
 
     pub fn num_elements(&self) -> usize {

@@ -26,14 +26,7 @@ pub struct SampleParams {
 
 impl Default for SampleParams {
     fn default() -> Self {
-        Self {
-            max_new_tokens: 32,
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            seed: 0,
-            stop_at_eos: true,
-        }
+        Self { max_new_tokens: 32, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0, stop_at_eos: true }
     }
 }
 
@@ -61,12 +54,7 @@ pub fn row_rng(seed: u64, index: usize) -> StdRng {
 /// Log-probability of every token under `logits` (a log-softmax over one row).
 fn log_softmax_row(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits
-        .iter()
-        .map(|&l| ((l - max) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32
-        + max;
+    let lse = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
     logits.iter().map(|&l| l - lse).collect()
 }
 
@@ -76,20 +64,13 @@ pub fn sample_token(logits: &[f32], p: &SampleParams, rng: &mut StdRng) -> u32 {
         return argmax(logits);
     }
     let t = p.temperature as f32;
-    let mut cand: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, l / t))
-        .collect();
+    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l / t)).collect();
     if p.top_k > 0 && p.top_k < cand.len() {
         cand.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));
         cand.truncate(p.top_k);
     }
     let max = cand.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f64)> = cand
-        .iter()
-        .map(|&(i, l)| (i, ((l - max) as f64).exp()))
-        .collect();
+    let mut probs: Vec<(u32, f64)> = cand.iter().map(|&(i, l)| (i, ((l - max) as f64).exp())).collect();
     if p.top_p < 1.0 {
         probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let total: f64 = probs.iter().map(|x| x.1).sum();
@@ -141,19 +122,9 @@ pub fn generate(
     for (chunk_i, chunk) in prompts.chunks(batch_size.max(1)).enumerate() {
         let start = chunk_i * batch_size.max(1);
         let lens: Vec<usize> = (0..chunk.len())
-            .map(|i| {
-                lengths
-                    .map(|l| l[start + i].min(params.max_new_tokens))
-                    .unwrap_or(params.max_new_tokens)
-            })
+            .map(|i| lengths.map(|l| l[start + i].min(params.max_new_tokens)).unwrap_or(params.max_new_tokens))
             .collect();
-        out.extend(generate_batch(
-            model,
-            chunk,
-            params,
-            &lens,
-            first_index + start,
-        )?);
+        out.extend(generate_batch(model, chunk, params, &lens, first_index + start)?);
         progress(out.len());
     }
     Ok(out)
@@ -172,10 +143,7 @@ fn generate_batch(
     let max_steps = max_new.iter().copied().max().unwrap_or(0);
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
-            bail!(
-                "prompt {} is empty: at least one token is needed to condition on",
-                first_index + i
-            );
+            bail!("prompt {} is empty: at least one token is needed to condition on", first_index + i);
         }
         if p.len() + max_new[i] > model.config.max_position {
             bail!(
@@ -187,19 +155,12 @@ fn generate_batch(
             );
         }
     }
-    let mut samples: Vec<Sample> = (0..b)
-        .map(|_| Sample {
-            tokens: vec![],
-            logprobs: vec![],
-            stopped_at_eos: false,
-        })
-        .collect();
+    let mut samples: Vec<Sample> =
+        (0..b).map(|_| Sample { tokens: vec![], logprobs: vec![], stopped_at_eos: false }).collect();
     if max_steps == 0 {
         return Ok(samples);
     }
-    let mut rngs: Vec<StdRng> = (0..b)
-        .map(|i| row_rng(params.seed, first_index + i))
-        .collect();
+    let mut rngs: Vec<StdRng> = (0..b).map(|i| row_rng(params.seed, first_index + i)).collect();
     let pad = model.tokenizer.pad_token_id;
     let left_pad: Vec<usize> = prompts.iter().map(|p| t0 - p.len()).collect();
     let mut ids = Vec::with_capacity(b * t0);
@@ -216,10 +177,7 @@ fn generate_batch(
         let t = input.dim(1)?;
         let h = model.hidden(&input, &ctx, Some(&mut cache))?;
         let h_last = h.narrow(1, t - 1, 1)?; // (B', 1, d)
-        let logits = model
-            .logits(&h_last)?
-            .squeeze(1)?
-            .to_dtype(candle_core::DType::F32)?; // (B', V)
+        let logits = model.logits(&h_last)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?; // (B', V)
         let rows: Vec<Vec<f32>> = logits.to_vec2()?;
         ctx.start += t;
         let mut next = Vec::with_capacity(active.len());
@@ -266,25 +224,10 @@ pub fn sequence_entropy(
         bail!("the entropy estimate needs at least one sample per prompt (n = 0)");
     }
     // Prompt i's j-th sample is row i*n + j; lengths repeat per prompt.
-    let rep: Vec<Vec<u32>> = prompts
-        .iter()
-        .flat_map(|p| std::iter::repeat_n(p.clone(), n))
-        .collect();
-    let rep_len: Option<Vec<usize>> =
-        lengths.map(|l| l.iter().flat_map(|&x| std::iter::repeat_n(x, n)).collect());
-    let samples = generate(
-        model,
-        &rep,
-        params,
-        rep_len.as_deref(),
-        batch_size,
-        0,
-        |_| {},
-    )?;
-    Ok(samples
-        .chunks(n)
-        .map(|c| c.iter().map(|s| -s.sum_logprob()).sum::<f64>() / n as f64)
-        .collect())
+    let rep: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), n)).collect();
+    let rep_len: Option<Vec<usize>> = lengths.map(|l| l.iter().flat_map(|&x| std::iter::repeat_n(x, n)).collect());
+    let samples = generate(model, &rep, params, rep_len.as_deref(), batch_size, 0, |_| {})?;
+    Ok(samples.chunks(n).map(|c| c.iter().map(|s| -s.sum_logprob()).sum::<f64>() / n as f64).collect())
 }
 
 /// Greedy/sampled logits helper for tests: log-probs of the next token after each full sequence.
@@ -292,8 +235,5 @@ pub fn next_token_logprobs(model: &LanguageModel, ids: &[u32]) -> Result<Vec<f32
     let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     let logits = model.forward(&input)?; // (1, T, V)
     let last = logits.narrow(1, ids.len() - 1, 1)?.squeeze(1)?.squeeze(0)?;
-    Ok(
-        candle_nn::ops::log_softmax(&last.to_dtype(candle_core::DType::F32)?, D::Minus1)?
-            .to_vec1()?,
-    )
+    Ok(candle_nn::ops::log_softmax(&last.to_dtype(candle_core::DType::F32)?, D::Minus1)?.to_vec1()?)
 }

@@ -20,10 +20,7 @@ pub struct Scored {
 }
 
 /// Scores `(prompt, completion)` token pairs in one forward pass (right-padded batch).
-pub fn completion_logprobs(
-    model: &LanguageModel,
-    items: &[(Vec<u32>, Vec<u32>)],
-) -> Result<Scored> {
+pub fn completion_logprobs(model: &LanguageModel, items: &[(Vec<u32>, Vec<u32>)]) -> Result<Scored> {
     let dev = model.device().clone();
     let b = items.len();
     if b == 0 {
@@ -39,11 +36,7 @@ pub fn completion_logprobs(
             bail!("item {i}: the completion is empty");
         }
         if lens[i] > model.config.max_position {
-            bail!(
-                "item {i}: {} tokens exceed the model's context of {} positions",
-                lens[i],
-                model.config.max_position
-            );
+            bail!("item {i}: {} tokens exceed the model's context of {} positions", lens[i], model.config.max_position);
         }
     }
     // Only positions that predict a completion token need logits: from the shortest prompt on.
@@ -69,22 +62,18 @@ pub fn completion_logprobs(
     let ids = Tensor::from_vec(ids, (b, l), &dev)?.narrow(1, 0, l - 1)?; // (B, L-1): the last token predicts nothing
     let hidden = model.hidden(&ids, &crate::Context::fresh(b), None)?; // (B, L-1, d)
     let hidden = hidden.narrow(1, first, width)?; // (B, W, d)
-    let logits = model.logits(&hidden)?.to_dtype(DType::F32)?; // (B, W, V)
+                                                  // Log-softmax and sums in f32 at least (f64 models stay f64 for gradient checks).
+    let acc = if model.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let logits = model.logits(&hidden)?.to_dtype(acc)?; // (B, W, V)
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let targets = Tensor::from_vec(targets, (b, width, 1), &dev)?;
     let tok_logp = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?; // (B, W)
-    let mask = Tensor::from_vec(mask, (b, width), &dev)?;
+    let mask = Tensor::from_vec(mask, (b, width), &dev)?.to_dtype(acc)?;
     let sum = (tok_logp * &mask)?.sum(D::Minus1)?; // (B,)
     let count: Vec<usize> = items.iter().map(|(_, c)| c.len()).collect();
-    let cnt = Tensor::from_vec(count.iter().map(|&c| c as f32).collect::<Vec<_>>(), b, &dev)?;
-    let mean_logit = (logits.detach().mean(D::Minus1)? * &mask)?
-        .sum(D::Minus1)?
-        .div(&cnt)?;
-    Ok(Scored {
-        sum,
-        count,
-        mean_logit,
-    })
+    let cnt = Tensor::from_vec(count.iter().map(|&c| c as f32).collect::<Vec<_>>(), b, &dev)?.to_dtype(acc)?;
+    let mean_logit = (logits.detach().mean(D::Minus1)? * &mask)?.sum(D::Minus1)?.div(&cnt)?;
+    Ok(Scored { sum, count, mean_logit })
 }
 
 /// Scores many pairs without a graph, `batch_size` at a time: `(sum, count)` per item.
@@ -97,8 +86,8 @@ pub fn score_all(
     let mut out = Vec::with_capacity(items.len());
     for chunk in items.chunks(batch_size.max(1)) {
         let s = completion_logprobs(model, chunk)?;
-        let sums: Vec<f32> = s.sum.detach().to_vec1()?;
-        out.extend(sums.into_iter().map(f64::from).zip(s.count));
+        let sums: Vec<f64> = s.sum.detach().to_dtype(DType::F64)?.to_vec1()?;
+        out.extend(sums.into_iter().zip(s.count));
         progress(out.len());
     }
     Ok(out)

@@ -20,7 +20,8 @@ pub struct Tokenizer {
 
 /// Regexes of the pre-tokenizers named in GGUF `tokenizer.ggml.pre` (as in llama.cpp).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 fn byte_level(use_regex: bool) -> Value {
     json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
@@ -31,6 +32,7 @@ fn split(pattern: &str) -> Value {
 }
 
 /// Facts read from GGUF metadata that describe a byte-level BPE tokenizer.
+#[derive(Debug, Clone)]
 pub struct GgufVocab {
     pub model: String,
     pub pre: String,
@@ -65,9 +67,9 @@ impl Tokenizer {
             "qwen2" | "deepseek-r1-qwen" => {
                 json!({"type": "Sequence", "pretokenizers": [split(QWEN2_PATTERN), byte_level(false)]})
             }
-            other => bail!(
-                "tokenizer.ggml.pre = {other:?} is not supported (expected gpt2, smollm, llama-bpe or qwen2)"
-            ),
+            other => {
+                bail!("tokenizer.ggml.pre = {other:?} is not supported (expected gpt2, smollm, llama-bpe or qwen2)")
+            }
         };
         let mut vocab = serde_json::Map::new();
         let mut added = Vec::new();
@@ -76,10 +78,8 @@ impl Tokenizer {
             // 3 = control, 4 = user-defined: matched before BPE, like HF's added tokens.
             let ty = v.token_types.get(i).copied().unwrap_or(1);
             if ty == 3 || ty == 4 {
-                added.push(
-                    json!({"id": i, "content": tok, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": ty == 3}),
-                );
+                added.push(json!({"id": i, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": ty == 3}));
             }
         }
         let bos_tok = v.bos.and_then(|b| v.tokens.get(b as usize).cloned());
@@ -120,13 +120,15 @@ impl Tokenizer {
     /// bytes (GPT-2's byte-to-unicode alphabet), 256 is `<|endoftext|>` (BOS, EOS and pad), the rest up to
     /// `vocab_size` are unused fillers.
     pub fn byte_level_for_tests(vocab_size: usize) -> Result<Self> {
+        Self::from_gguf_vocab(Self::byte_level_test_vocab(vocab_size)?)
+    }
+
+    /// The GGUF description of [`Tokenizer::byte_level_for_tests`] (for writing test GGUF files).
+    pub fn byte_level_test_vocab(vocab_size: usize) -> Result<GgufVocab> {
         if vocab_size < 257 {
             bail!("a byte-level test tokenizer needs vocab_size ≥ 257, got {vocab_size}");
         }
-        let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
-            .chain(0xA1..=0xAC)
-            .chain(0xAE..=0xFF)
-            .collect();
+        let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
         let mut cs = bs.clone();
         let mut n = 0;
         for b in 0..256u32 {
@@ -147,7 +149,7 @@ impl Tokenizer {
         }
         let mut token_types = vec![1; 256];
         token_types.resize(vocab_size, 3);
-        Self::from_gguf_vocab(GgufVocab {
+        Ok(GgufVocab {
             model: "gpt2".into(),
             pre: "gpt2".into(),
             tokens,
@@ -164,26 +166,17 @@ impl Tokenizer {
     }
 
     /// Loads `tokenizer.json` (and `tokenizer_config.json` if present) from an HF model directory.
-    pub fn from_hf_dir(
-        dir: &Path,
-        eos_from_config: &[u32],
-        bos_from_config: Option<u32>,
-    ) -> Result<Self> {
+    pub fn from_hf_dir(dir: &Path, eos_from_config: &[u32], bos_from_config: Option<u32>) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
-            bail!(
-                "{}: missing; an HF model directory needs a tokenizer.json",
-                path.display()
-            );
+            bail!("{}: missing; an HF model directory needs a tokenizer.json", path.display());
         }
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path)
-                .with_context(|| format!("reading {}", cfg_path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?
+            let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?
         } else {
             json!({})
         };
@@ -202,21 +195,14 @@ impl Tokenizer {
                 eos_ids.push(id);
             }
         }
-        let bos_id =
-            bos_from_config.or_else(|| bos_token.as_deref().and_then(|t| inner.token_to_id(t)));
-        let pad = token_str("pad_token")
-            .and_then(|t| inner.token_to_id(&t))
-            .or(eos_ids.first().copied())
-            .unwrap_or(0);
+        let bos_id = bos_from_config.or_else(|| bos_token.as_deref().and_then(|t| inner.token_to_id(t)));
+        let pad = token_str("pad_token").and_then(|t| inner.token_to_id(&t)).or(eos_ids.first().copied()).unwrap_or(0);
         Ok(Self {
             inner,
             bos_token_id: bos_id,
             eos_token_ids: eos_ids,
             pad_token_id: pad,
-            chat_template: cfg
-                .get("chat_template")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            chat_template: cfg.get("chat_template").and_then(Value::as_str).map(str::to_string),
             bos_token,
             eos_token,
         })
@@ -225,9 +211,7 @@ impl Tokenizer {
     /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join("tokenizer.json");
-        self.inner
-            .save(&path, false)
-            .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+        self.inner.save(&path, false).map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
         let cfg = json!({
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
@@ -241,27 +225,19 @@ impl Tokenizer {
 
     /// Token ids of `text`, with the tokenizer's own special tokens (a BOS if the model wants one).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
+        let enc = self.inner.encode(text, true).map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Token ids of `text` without any added special tokens (for completions appended to a prompt).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow!("tokenizing {text:?}: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`; special tokens are dropped when `skip_special`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| anyhow!("decoding {} tokens: {e}", ids.len()))
+        self.inner.decode(ids, skip_special).map_err(|e| anyhow!("decoding {} tokens: {e}", ids.len()))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -277,29 +253,17 @@ impl Tokenizer {
     }
 
     /// Renders `messages` (`[{role, content}]`) with the model's chat template.
-    pub fn apply_chat_template(
-        &self,
-        messages: &Value,
-        add_generation_prompt: bool,
-    ) -> Result<String> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| anyhow!("the model has no chat template (tokenizer_config.json or GGUF tokenizer.chat_template)"))?;
+    pub fn apply_chat_template(&self, messages: &Value, add_generation_prompt: bool) -> Result<String> {
+        let template = self.chat_template.as_deref().ok_or_else(|| {
+            anyhow!("the model has no chat template (tokenizer_config.json or GGUF tokenizer.chat_template)")
+        })?;
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template("chat", template)
-            .context("parsing the chat template")?;
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", template).context("parsing the chat template")?;
         let tmpl = env.get_template("chat")?;
         tmpl.render(minijinja::context! {
             messages => messages,

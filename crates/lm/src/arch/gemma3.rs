@@ -8,8 +8,7 @@
 //! Tensor names follow HF `Gemma3ForCausalLM`.
 
 use super::layers::{
-    apply_rope, attention, gelu_tanh, merge_heads, split_heads, Context, KvCache, Linear, RmsNorm,
-    Rope,
+    apply_rope, attention, gelu_tanh, merge_heads, split_heads, Context, KvCache, Linear, RmsNorm, Rope,
 };
 use crate::config::ModelConfig;
 use crate::params::Params;
@@ -49,52 +48,21 @@ impl Gemma3 {
     pub fn new(cfg: &ModelConfig, p: &Params) -> Result<Self> {
         let (d, hd, ff) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let norm = |name: &str, n: usize| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: p.get(name, &[n])?,
-                eps: cfg.norm_eps,
-                offset: 1.0,
-            })
+            Ok(RmsNorm { weight: p.get(name, &[n])?, eps: cfg.norm_eps, offset: 1.0 })
         };
         let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let b = if bias {
-                Some(p.get(&format!("{name}.bias"), &[out])?)
-            } else {
-                None
-            };
-            Ok(Linear::new(
-                p.get(&format!("{name}.weight"), &[out, inp])?,
-                b,
-            ))
+            let b = if bias { Some(p.get(&format!("{name}.bias"), &[out])?) } else { None };
+            Ok(Linear::new(p.get(&format!("{name}.weight"), &[out, inp])?, b))
         };
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let pre = format!("model.layers.{i}");
             blocks.push(Block {
                 input_norm: norm(&format!("{pre}.input_layernorm.weight"), d)?,
-                q: lin(
-                    &format!("{pre}.self_attn.q_proj"),
-                    cfg.num_heads * hd,
-                    d,
-                    cfg.qkv_bias,
-                )?,
-                k: lin(
-                    &format!("{pre}.self_attn.k_proj"),
-                    cfg.num_kv_heads * hd,
-                    d,
-                    cfg.qkv_bias,
-                )?,
-                v: lin(
-                    &format!("{pre}.self_attn.v_proj"),
-                    cfg.num_kv_heads * hd,
-                    d,
-                    cfg.qkv_bias,
-                )?,
-                o: lin(
-                    &format!("{pre}.self_attn.o_proj"),
-                    d,
-                    cfg.num_heads * hd,
-                    false,
-                )?,
+                q: lin(&format!("{pre}.self_attn.q_proj"), cfg.num_heads * hd, d, cfg.qkv_bias)?,
+                k: lin(&format!("{pre}.self_attn.k_proj"), cfg.num_kv_heads * hd, d, cfg.qkv_bias)?,
+                v: lin(&format!("{pre}.self_attn.v_proj"), cfg.num_kv_heads * hd, d, cfg.qkv_bias)?,
+                o: lin(&format!("{pre}.self_attn.o_proj"), d, cfg.num_heads * hd, false)?,
                 q_norm: norm(&format!("{pre}.self_attn.q_norm.weight"), hd)?,
                 k_norm: norm(&format!("{pre}.self_attn.k_norm.weight"), hd)?,
                 post_attn_norm: norm(&format!("{pre}.post_attention_layernorm.weight"), d)?,
@@ -107,11 +75,8 @@ impl Gemma3 {
             });
         }
         let embed = p.get("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else {
-            p.get("lm_head.weight", &[cfg.vocab_size, d])?
-        };
+        let lm_head =
+            if cfg.tie_word_embeddings { embed.clone() } else { p.get("lm_head.weight", &[cfg.vocab_size, d])? };
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -123,20 +88,12 @@ impl Gemma3 {
         })
     }
 
-    pub fn hidden(
-        &self,
-        ids: &Tensor,
-        ctx: &Context,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let hd = cfg.head_dim;
-        let x = self
-            .embed
-            .embedding(&ids.flatten_all()?)?
-            .reshape((b, t, cfg.hidden_size))?; // (B, T, d)
-                                                // Gemma multiplies embeddings by sqrt(d), rounded to the compute dtype.
+        let x = self.embed.embedding(&ids.flatten_all()?)?.reshape((b, t, cfg.hidden_size))?; // (B, T, d)
+                                                                                              // Gemma multiplies embeddings by sqrt(d), rounded to the compute dtype.
         let mut x = (x * (cfg.hidden_size as f64).sqrt())?;
         let positions = ctx.positions(t);
         let (dt, dev) = (x.dtype(), x.device().clone());
@@ -146,11 +103,7 @@ impl Gemma3 {
         let mask_l = ctx.mask(t, cfg.sliding_window, dt, &dev)?;
         let scale = 1.0 / cfg.query_pre_attn_scalar.unwrap_or(hd as f64).sqrt();
         for (i, blk) in self.blocks.iter().enumerate() {
-            let (cos, sin, mask) = if blk.local {
-                (&cos_l, &sin_l, &mask_l)
-            } else {
-                (&cos_g, &sin_g, &mask_g)
-            };
+            let (cos, sin, mask) = if blk.local { (&cos_l, &sin_l, &mask_l) } else { (&cos_g, &sin_g, &mask_g) };
             let h = blk.input_norm.forward(&x)?;
             let q = split_heads(&blk.q.forward(&h)?, cfg.num_heads, hd)?; // (B, H, T, hd)
             let k = split_heads(&blk.k.forward(&h)?, cfg.num_kv_heads, hd)?; // (B, n_kv, T, hd)

@@ -5,9 +5,7 @@
 //! projections as `Conv1D` with weights `(in, out)`; the loader transposes them so that here every
 //! projection is `(out, in)` like any other linear layer.
 
-use super::layers::{
-    attention, gelu_tanh, merge_heads, split_heads, Context, KvCache, LayerNorm, Linear,
-};
+use super::layers::{attention, gelu_tanh, merge_heads, split_heads, Context, KvCache, LayerNorm, Linear};
 use crate::config::ModelConfig;
 use crate::params::Params;
 use anyhow::{bail, Result};
@@ -36,14 +34,7 @@ pub struct Gpt2 {
 /// The names of GPT-2 weights that HF stores as `Conv1D` (transposed).
 pub fn is_conv1d(name: &str) -> bool {
     name.ends_with(".weight")
-        && [
-            ".attn.c_attn.",
-            ".attn.c_proj.",
-            ".mlp.c_fc.",
-            ".mlp.c_proj.",
-        ]
-        .iter()
-        .any(|s| name.contains(s))
+        && [".attn.c_attn.", ".attn.c_proj.", ".mlp.c_fc.", ".mlp.c_proj."].iter().any(|s| name.contains(s))
 }
 
 impl Gpt2 {
@@ -57,10 +48,7 @@ impl Gpt2 {
             })
         };
         let lin = |pre: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear::new(
-                p.get(&format!("{pre}.weight"), &[out, inp])?,
-                Some(p.get(&format!("{pre}.bias"), &[out])?),
-            ))
+            Ok(Linear::new(p.get(&format!("{pre}.weight"), &[out, inp])?, Some(p.get(&format!("{pre}.bias"), &[out])?)))
         };
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -74,11 +62,8 @@ impl Gpt2 {
             });
         }
         let wte = p.get("wte.weight", &[cfg.vocab_size, d])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            wte.clone()
-        } else {
-            p.get("lm_head.weight", &[cfg.vocab_size, d])?
-        };
+        let lm_head =
+            if cfg.tie_word_embeddings { wte.clone() } else { p.get("lm_head.weight", &[cfg.vocab_size, d])? };
         Ok(Self {
             cfg: cfg.clone(),
             wpe: p.get("wpe.weight", &[cfg.max_position, d])?,
@@ -89,21 +74,12 @@ impl Gpt2 {
         })
     }
 
-    pub fn hidden(
-        &self,
-        ids: &Tensor,
-        ctx: &Context,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let (d, h, hd) = (cfg.hidden_size, cfg.num_heads, cfg.head_dim);
         if ctx.start + t > cfg.max_position {
-            bail!(
-                "sequence of {} tokens is longer than GPT-2's {} positions",
-                ctx.start + t,
-                cfg.max_position
-            );
+            bail!("sequence of {} tokens is longer than GPT-2's {} positions", ctx.start + t, cfg.max_position);
         }
         let pos: Vec<u32> = ctx.positions(t).into_iter().flatten().collect();
         let pos = Tensor::from_vec(pos, b * t, ids.device())?;

@@ -32,11 +32,7 @@ impl Module for Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap();
         let rows = x.elem_count() / in_dim;
-        let w = if x.dtype() != self.weight.dtype() {
-            self.weight.to_dtype(x.dtype())?
-        } else {
-            self.weight.clone()
-        };
+        let w = if x.dtype() != self.weight.dtype() { self.weight.to_dtype(x.dtype())? } else { self.weight.clone() };
         let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?; // (rows, out)
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
@@ -59,11 +55,7 @@ pub struct RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = if self.offset != 0.0 {
-            (&self.weight + self.offset)?
-        } else {
-            self.weight.clone()
-        };
+        let w = if self.offset != 0.0 { (&self.weight + self.offset)? } else { self.weight.clone() };
         if tracks(&[x, &w]) || !x.is_contiguous() {
             candle_nn::ops::rms_norm_slow(x, &w, self.eps as f32)
         } else {
@@ -115,19 +107,13 @@ impl Rope {
     /// `base` is θ; `rot_dim` the number of rotated dims of a head; `scale` a linear position scale
     /// (positions are divided by it, as in HF's `"rope_type": "linear"`).
     pub fn new(base: f64, rot_dim: usize, scale: f64) -> Self {
-        let inv_freq = (0..rot_dim / 2)
-            .map(|i| (1.0 / base.powf(2.0 * i as f64 / rot_dim as f64) / scale) as f32)
-            .collect();
+        let inv_freq =
+            (0..rot_dim / 2).map(|i| (1.0 / base.powf(2.0 * i as f64 / rot_dim as f64) / scale) as f32).collect();
         Self { inv_freq }
     }
 
     /// cos and sin for `positions` `(B, T)`, each `(B, 1, T, rot_dim)` (halves duplicated, NeoX layout).
-    pub fn tables(
-        &self,
-        positions: &[Vec<u32>],
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn tables(&self, positions: &[Vec<u32>], dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
         let b = positions.len();
         let t = positions.first().map(|p| p.len()).unwrap_or(0);
         let half = self.inv_freq.len();
@@ -157,10 +143,7 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let hd = x.dim(D::Minus1)?;
     let rot = cos.dim(D::Minus1)?;
     let (xr, xp) = if rot < hd {
-        (
-            x.narrow(D::Minus1, 0, rot)?,
-            Some(x.narrow(D::Minus1, rot, hd - rot)?),
-        )
+        (x.narrow(D::Minus1, 0, rot)?, Some(x.narrow(D::Minus1, rot, hd - rot)?))
     } else {
         (x.clone(), None)
     };
@@ -184,34 +167,18 @@ pub struct Context {
 
 impl Context {
     pub fn fresh(batch: usize) -> Self {
-        Self {
-            start: 0,
-            left_pad: vec![0; batch],
-        }
+        Self { start: 0, left_pad: vec![0; batch] }
     }
 
     /// Absolute position ids `(B, T)`: padding does not advance the position.
     pub fn positions(&self, t: usize) -> Vec<Vec<u32>> {
-        self.left_pad
-            .iter()
-            .map(|&pad| {
-                (0..t)
-                    .map(|i| (self.start + i).saturating_sub(pad) as u32)
-                    .collect()
-            })
-            .collect()
+        self.left_pad.iter().map(|&pad| (0..t).map(|i| (self.start + i).saturating_sub(pad) as u32).collect()).collect()
     }
 
     /// Additive attention mask `(B, 1, T, S)` with `S = start + T`: causal, keys in the left padding
     /// hidden, and (if `window` is set) keys further back than the sliding window hidden.
     /// Returns `None` when nothing needs masking (a single decoding step without padding or window).
-    pub fn mask(
-        &self,
-        t: usize,
-        window: Option<usize>,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Option<Tensor>> {
+    pub fn mask(&self, t: usize, window: Option<usize>, dtype: DType, dev: &Device) -> Result<Option<Tensor>> {
         let s = self.start + t;
         let any_pad = self.left_pad.iter().any(|&p| p > 0);
         let window_bites = window.is_some_and(|w| s > w);
@@ -233,9 +200,7 @@ impl Context {
                 }
             }
         }
-        Ok(Some(
-            Tensor::from_vec(m, (b, 1, t, s), dev)?.to_dtype(dtype)?,
-        ))
+        Ok(Some(Tensor::from_vec(m, (b, 1, t, s), dev)?.to_dtype(dtype)?))
     }
 }
 
@@ -247,19 +212,12 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
-        Self {
-            layers: vec![None; n_layers],
-        }
+        Self { layers: vec![None; n_layers] }
     }
 
     /// Number of positions stored so far.
     pub fn len(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .next()
-            .map(|(k, _)| k.dim(2).unwrap_or(0))
-            .unwrap_or(0)
+        self.layers.iter().flatten().next().map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {

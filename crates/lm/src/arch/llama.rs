@@ -5,9 +5,7 @@
 //! pre-norm RMSNorm, SwiGLU MLP (Shazeer 2020), rotary embeddings (Su et al. 2021).
 //! Tensor names follow HF `LlamaForCausalLM`.
 
-use super::layers::{
-    apply_rope, attention, merge_heads, split_heads, Context, KvCache, Linear, RmsNorm, Rope,
-};
+use super::layers::{apply_rope, attention, merge_heads, split_heads, Context, KvCache, Linear, RmsNorm, Rope};
 use crate::config::ModelConfig;
 use crate::params::Params;
 use anyhow::Result;
@@ -38,11 +36,7 @@ pub struct Llama {
 
 fn linear(p: &Params, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
     let w = p.get(&format!("{name}.weight"), &[out, inp])?;
-    let b = if bias {
-        Some(p.get(&format!("{name}.bias"), &[out])?)
-    } else {
-        None
-    };
+    let b = if bias { Some(p.get(&format!("{name}.bias"), &[out])?) } else { None };
     Ok(Linear::new(w, b))
 }
 
@@ -50,45 +44,17 @@ impl Llama {
     pub fn new(cfg: &ModelConfig, p: &Params) -> Result<Self> {
         let (d, hd, ff) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let norm = |name: &str| -> Result<RmsNorm> {
-            Ok(RmsNorm {
-                weight: p.get(name, &[d])?,
-                eps: cfg.norm_eps,
-                offset: 0.0,
-            })
+            Ok(RmsNorm { weight: p.get(name, &[d])?, eps: cfg.norm_eps, offset: 0.0 })
         };
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let pre = format!("model.layers.{i}");
             blocks.push(Block {
                 input_norm: norm(&format!("{pre}.input_layernorm.weight"))?,
-                q: linear(
-                    p,
-                    &format!("{pre}.self_attn.q_proj"),
-                    cfg.num_heads * hd,
-                    d,
-                    cfg.qkv_bias,
-                )?,
-                k: linear(
-                    p,
-                    &format!("{pre}.self_attn.k_proj"),
-                    cfg.num_kv_heads * hd,
-                    d,
-                    cfg.qkv_bias,
-                )?,
-                v: linear(
-                    p,
-                    &format!("{pre}.self_attn.v_proj"),
-                    cfg.num_kv_heads * hd,
-                    d,
-                    cfg.qkv_bias,
-                )?,
-                o: linear(
-                    p,
-                    &format!("{pre}.self_attn.o_proj"),
-                    d,
-                    cfg.num_heads * hd,
-                    false,
-                )?,
+                q: linear(p, &format!("{pre}.self_attn.q_proj"), cfg.num_heads * hd, d, cfg.qkv_bias)?,
+                k: linear(p, &format!("{pre}.self_attn.k_proj"), cfg.num_kv_heads * hd, d, cfg.qkv_bias)?,
+                v: linear(p, &format!("{pre}.self_attn.v_proj"), cfg.num_kv_heads * hd, d, cfg.qkv_bias)?,
+                o: linear(p, &format!("{pre}.self_attn.o_proj"), d, cfg.num_heads * hd, false)?,
                 post_attn_norm: norm(&format!("{pre}.post_attention_layernorm.weight"))?,
                 gate: linear(p, &format!("{pre}.mlp.gate_proj"), ff, d, false)?,
                 up: linear(p, &format!("{pre}.mlp.up_proj"), ff, d, false)?,
@@ -96,11 +62,8 @@ impl Llama {
             });
         }
         let embed = p.get("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            embed.clone()
-        } else {
-            p.get("lm_head.weight", &[cfg.vocab_size, d])?
-        };
+        let lm_head =
+            if cfg.tie_word_embeddings { embed.clone() } else { p.get("lm_head.weight", &[cfg.vocab_size, d])? };
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -112,20 +75,11 @@ impl Llama {
     }
 
     /// Final hidden states `(B, T, d)` after the last norm.
-    pub fn hidden(
-        &self,
-        ids: &Tensor,
-        ctx: &Context,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let hd = cfg.head_dim;
-        let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((
-            ids.dim(0)?,
-            t,
-            cfg.hidden_size,
-        ))?; // (B, T, d)
+        let mut x = self.embed.embedding(&ids.flatten_all()?)?.reshape((ids.dim(0)?, t, cfg.hidden_size))?; // (B, T, d)
         let (cos, sin) = self.rope.tables(&ctx.positions(t), x.dtype(), x.device())?;
         let mask = ctx.mask(t, None, x.dtype(), x.device())?;
         let scale = 1.0 / (hd as f64).sqrt();

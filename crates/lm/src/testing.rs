@@ -1,0 +1,73 @@
+//! Tiny configurations of every architecture for tests and benchmarks (d ≤ 64, 2 layers).
+
+use crate::config::{Arch, ModelConfig};
+use crate::model::LanguageModel;
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use candle_core::{DType, Device};
+
+/// Names accepted by [`tiny_config`].
+pub const TINY_KINDS: &[&str] = &["gpt2", "llama", "llama-untied", "qwen2", "gemma3"];
+
+/// A tiny config of one architecture variant; vocabulary 300 (bytes + EOS + fillers).
+pub fn tiny_config(kind: &str) -> ModelConfig {
+    let base = ModelConfig {
+        arch: Arch::Llama,
+        model_type: "llama".into(),
+        vocab_size: 300,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        max_position: 128,
+        norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scale: 1.0,
+        rope_local_theta: 10000.0,
+        sliding_window: None,
+        sliding_window_pattern: 1,
+        qkv_bias: false,
+        tie_word_embeddings: true,
+        query_pre_attn_scalar: None,
+        attn_logit_softcap: None,
+        final_logit_softcap: None,
+        bos_token_id: Some(256),
+        eos_token_ids: vec![256],
+    };
+    match kind {
+        "gpt2" => ModelConfig {
+            arch: Arch::Gpt2,
+            model_type: "gpt2".into(),
+            num_kv_heads: 4,
+            rope_theta: 0.0,
+            rope_local_theta: 0.0,
+            qkv_bias: true,
+            ..base
+        },
+        "llama" => base,
+        "llama-untied" => ModelConfig { tie_word_embeddings: false, ..base },
+        "qwen2" => ModelConfig { model_type: "qwen2".into(), qkv_bias: true, num_kv_heads: 1, rope_theta: 1e6, ..base },
+        "gemma3" => ModelConfig {
+            arch: Arch::Gemma3,
+            model_type: "gemma3_text".into(),
+            // Layer 0 local (window 4), layer 1 global; soft-caps on to exercise them.
+            sliding_window: Some(4),
+            sliding_window_pattern: 2,
+            rope_scale: 2.0,
+            query_pre_attn_scalar: Some(16.0),
+            attn_logit_softcap: Some(50.0),
+            final_logit_softcap: Some(30.0),
+            ..base
+        },
+        other => panic!("unknown tiny kind {other}"),
+    }
+}
+
+/// A tiny random model of `kind` with the byte-level test tokenizer.
+pub fn tiny_model(kind: &str, seed: u64, dtype: DType) -> Result<LanguageModel> {
+    let cfg = tiny_config(kind);
+    let tok = Tokenizer::byte_level_for_tests(cfg.vocab_size)?;
+    LanguageModel::random(cfg, tok, seed, dtype, &Device::Cpu)
+}
