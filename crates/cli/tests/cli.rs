@@ -1,0 +1,240 @@
+//! The `activepref` binary as a user runs it: help texts, generate/score on a tiny saved model, and
+//! bad inputs that must end in a clear error (naming the file) with a non-zero exit code, never a panic.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::DType;
+use lm::testing::tiny_model;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_activepref"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).env("ACTIVEPREF_ASSETS", "/nonexistent-assets").output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Runs and expects failure whose stderr contains every `needle`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = run(args);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "expected failure for {args:?}, got success: {out}");
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
+    }
+}
+
+fn tiny_dir(tmp: &Path, kind: &str) -> PathBuf {
+    let dir = tmp.join(kind);
+    tiny_model(kind, 11, DType::F32).unwrap().save(&dir).unwrap();
+    dir
+}
+
+fn tiny_gguf(tmp: &Path) -> PathBuf {
+    let m = tiny_model("llama", 12, DType::F32).unwrap();
+    let vocab = lm::Tokenizer::byte_level_test_vocab(m.config.vocab_size).unwrap();
+    let p = tmp.join("tiny.gguf");
+    lm::load::write_gguf(&p, &m.config, &m.params, &vocab, GgmlDType::Q8_0).unwrap();
+    p
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["assets", "--help"],
+        vec!["assets", "fetch", "--help"],
+        vec!["generate", "--help"],
+        vec!["score", "--help"],
+        vec!["tokenize", "--help"],
+        vec!["bench", "lm", "--help"],
+    ] {
+        let o = run(&args);
+        assert!(o.status.success(), "{args:?}");
+        assert!(text(&o).0.contains("Usage:"), "{args:?}");
+    }
+}
+
+#[test]
+fn generate_is_deterministic_per_seed_and_writes_jsonl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_dir(tmp.path(), "llama");
+    let prompts = tmp.path().join("p.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"hello\"}\n\"plain string\"\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+    )
+    .unwrap();
+    let go = |seed: &str, bs: &str, out: &str| {
+        let out = tmp.path().join(out);
+        let o = run(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            seed,
+            "--batch-size",
+            bs,
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o).1);
+        std::fs::read_to_string(out).unwrap()
+    };
+    let a = go("5", "3", "a.jsonl");
+    assert_eq!(a, go("5", "3", "a2.jsonl"), "same seed gave different output");
+    let completions = |s: &str| -> Vec<String> {
+        s.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["completion"].to_string()).collect()
+    };
+    // Another batch size pads differently (log-probs move in the 7th digit) but samples the same text.
+    assert_eq!(completions(&a), completions(&go("5", "1", "b.jsonl")), "batch size changed the text");
+    assert_ne!(completions(&a), completions(&go("6", "3", "c.jsonl")), "different seeds gave the same text");
+    let lines: Vec<serde_json::Value> = a.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[2]["prompt"].as_str().unwrap().contains("<|user|>hi"), "chat template not applied");
+}
+
+#[test]
+fn score_reports_completion_logprobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = tiny_gguf(tmp.path());
+    let input = tmp.path().join("pairs.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"The film\", \"chosen\": \" was great\", \"rejected\": \" was bad\"}\n{\"prompt\": \"A\", \"completion\": \"b\"}\n").unwrap();
+    let o = run(&["score", "--model", g.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["field"], "chosen");
+    assert_eq!(rows[1]["field"], "rejected");
+    assert_eq!(rows[0]["tokens"], 10); // byte-level: " was great"
+    for r in &rows {
+        let (s, n, m) =
+            (r["logp_sum"].as_f64().unwrap(), r["tokens"].as_f64().unwrap(), r["logp_mean"].as_f64().unwrap());
+        assert!(s < 0.0 && (s / n - m).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn bad_model_files_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let good = tiny_gguf(t);
+    let bytes = std::fs::read(&good).unwrap();
+    let p = |name: &str| t.join(name).to_str().unwrap().to_string();
+
+    // Truncated in the header, and in the tensor data.
+    std::fs::write(t.join("trunc-header.gguf"), &bytes[..200]).unwrap();
+    fails_with(&["generate", "--model", &p("trunc-header.gguf"), "--prompt", "x"], &["trunc-header.gguf", "GGUF"]);
+    std::fs::write(t.join("trunc-data.gguf"), &bytes[..bytes.len() - 1000]).unwrap();
+    fails_with(&["generate", "--model", &p("trunc-data.gguf"), "--prompt", "x"], &["trunc-data.gguf", "remaining"]);
+    // Not a GGUF at all.
+    let mut bad = bytes.clone();
+    bad[..4].copy_from_slice(b"JUNK");
+    std::fs::write(t.join("magic.gguf"), &bad).unwrap();
+    fails_with(&["generate", "--model", &p("magic.gguf"), "--prompt", "x"], &["magic.gguf", "not a readable GGUF"]);
+
+    // An unsupported quantisation (type 16 = IQ2_XXS): a minimal hand-written GGUF.
+    let mut g = Vec::new();
+    g.extend(0x46554747u32.to_le_bytes());
+    g.extend(3u32.to_le_bytes());
+    g.extend(1u64.to_le_bytes()); // tensors
+    g.extend(1u64.to_le_bytes()); // metadata
+    let key = b"general.architecture";
+    g.extend((key.len() as u64).to_le_bytes());
+    g.extend(key);
+    g.extend(8u32.to_le_bytes());
+    g.extend(5u64.to_le_bytes());
+    g.extend(b"llama");
+    let name = b"token_embd.weight";
+    g.extend((name.len() as u64).to_le_bytes());
+    g.extend(name);
+    g.extend(2u32.to_le_bytes());
+    g.extend(256u64.to_le_bytes());
+    g.extend(4u64.to_le_bytes());
+    g.extend(16u32.to_le_bytes());
+    g.extend(0u64.to_le_bytes());
+    g.resize(g.len() + 4096, 0);
+    std::fs::write(t.join("iq2.gguf"), &g).unwrap();
+    fails_with(&["generate", "--model", &p("iq2.gguf"), "--prompt", "x"], &["iq2.gguf", "Q4_K"]);
+
+    // Safetensors directory faults.
+    let dir = tiny_dir(t, "gpt2");
+    let st = dir.join("model.safetensors");
+    let full = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &full[..full.len() / 2]).unwrap();
+    fails_with(
+        &["generate", "--model", dir.to_str().unwrap(), "--prompt", "x"],
+        &["model.safetensors", "not a valid safetensors"],
+    );
+    std::fs::write(&st, b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
+    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "x"], &["model.safetensors"]);
+
+    let dir = tiny_dir(t, "llama");
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "x"], &["tokenizer.json", "missing"]);
+
+    let dir = tiny_dir(t, "qwen2");
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"qwen2\"", "\"mamba\"");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    fails_with(
+        &["generate", "--model", dir.to_str().unwrap(), "--prompt", "x"],
+        &["config.json", "\"mamba\"", "expected"],
+    );
+
+    // A tensor of the wrong shape names the tensor.
+    let dir = tiny_dir(t, "gemma3");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 64", "\"intermediate_size\": 65");
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    fails_with(
+        &["generate", "--model", dir.to_str().unwrap(), "--prompt", "x"],
+        &["mlp.gate_proj.weight", "expected [65, 32]"],
+    );
+
+    fails_with(&["generate", "--model", &p("nope.gguf"), "--prompt", "x"], &["nope.gguf", "no such file"]);
+    fails_with(&["generate", "--prompt", "x"], &["activepref assets fetch"]);
+}
+
+#[test]
+fn bad_prompts_and_inputs_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = tiny_dir(t, "llama");
+    let m = dir.to_str().unwrap();
+    // The tiny model has 128 positions; a byte-level 200-character prompt is too long.
+    let long = "y".repeat(200);
+    fails_with(&["generate", "--model", m, "--prompt", &long], &["prompt 0 has 200 tokens", "context of 128"]);
+    std::fs::write(t.join("bad.jsonl"), "{\"prompt\": \"ok\"}\n{oops\n").unwrap();
+    fails_with(
+        &["generate", "--model", m, "--prompts", t.join("bad.jsonl").to_str().unwrap()],
+        &["bad.jsonl:2", "not valid JSON"],
+    );
+    std::fs::write(t.join("nonutf8.jsonl"), b"{\"prompt\": \"a\", \"completion\": \"b\"}\n\xff\xfe\n").unwrap();
+    fails_with(
+        &["score", "--model", m, "--input", t.join("nonutf8.jsonl").to_str().unwrap()],
+        &["nonutf8.jsonl:2", "UTF-8"],
+    );
+    std::fs::write(t.join("missing.jsonl"), "{\"prompt\": \"a\", \"chosen\": \"b\"}\n").unwrap();
+    fails_with(
+        &["score", "--model", m, "--input", t.join("missing.jsonl").to_str().unwrap()],
+        &["missing.jsonl:1", "`rejected`"],
+    );
+    std::fs::write(t.join("empty.jsonl"), "{\"prompt\": \"a\", \"completion\": \"\"}\n").unwrap();
+    fails_with(
+        &["score", "--model", m, "--input", t.join("empty.jsonl").to_str().unwrap()],
+        &["empty.jsonl:1", "empty"],
+    );
+}
