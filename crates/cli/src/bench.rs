@@ -18,7 +18,7 @@ pub struct LmBenchArgs {
     #[arg(long, default_value_t = 32)]
     decode_batch: usize,
     /// New tokens per sequence when decoding
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     decode_tokens: usize,
     /// Sequences × tokens for the forward and forward+backward measurements
     #[arg(long, default_value_t = 4)]
@@ -92,7 +92,7 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
         o => bail!("--device {o:?}: expected cpu or cuda"),
     };
     println!("activepref bench lm — device {}, {} threads", a.device.device, candle_core::utils::get_num_threads());
-    println!("{:<14} {:<24} {:>14} {:>18} {:>8}", "shape", "measure", "tokens/s", "baseline tokens/s", "ratio");
+    println!("{:<14} {:<30} {:>14} {:>18} {:>8}", "shape", "measure", "tokens/s", "baseline tokens/s", "ratio");
     for name in a.shapes.split(',') {
         let cfg = shape(name.trim())?;
         let tok = lm::tokenizer::Tokenizer::byte_level_for_tests(cfg.vocab_size)?;
@@ -114,8 +114,15 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
             stop_at_eos: false,
             ..Default::default()
         };
-        let (s, t_dec) = time(|| generate(&model, &prompts, &params, None, a.decode_batch, 0, |_| {}))?;
-        let dec_tokens: usize = s.iter().map(|x| x.tokens.len()).sum();
+        // Decode rate excludes the prompt's prefill: time N new tokens and 1 new token, take the difference.
+        let decode_rate = |model: &LanguageModel| -> Result<(f64, f64)> {
+            let one = SampleParams { max_new_tokens: 1, ..params.clone() };
+            let (_, t1) = time(|| generate(model, &prompts, &one, None, a.decode_batch, 0, |_| {}))?;
+            let (s, tn) = time(|| generate(model, &prompts, &params, None, a.decode_batch, 0, |_| {}))?;
+            let n: usize = s.iter().map(|x| x.tokens.len()).sum();
+            Ok(((n - prompts.len()) as f64 / (tn - t1), n as f64 / tn))
+        };
+        let (dec, dec_e2e) = decode_rate(&model)?;
 
         // The same work with trainable weights: every op builds the autograd graph.
         let vars = model.make_trainable(|_| true)?;
@@ -132,21 +139,17 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
             let grads = s.sum.sum_all()?.backward()?;
             Ok(vars.values().filter(|v| grads.get(v.as_tensor()).is_some()).count())
         })?;
-        let (s2, t_dec_graph) = time(|| generate(&model, &prompts, &params, None, a.decode_batch, 0, |_| {}))?;
-        let dec_tokens_graph: usize = s2.iter().map(|x| x.tokens.len()).sum();
+        let (dec_graph, dec_e2e_graph) = decode_rate(&model)?;
 
         let row = |m: &str, v: f64, base: Option<f64>| {
             let (b, r) =
                 base.map(|b| (format!("{b:.0}"), format!("{:.2}x", v / b))).unwrap_or(("-".into(), "-".into()));
-            println!("{:<14} {:<24} {:>14.0} {:>18} {:>8}", name, m, v, b, r);
+            println!("{:<14} {:<30} {:>14.0} {:>18} {:>8}", name, m, v, b, r);
         };
         row(&format!("forward {}x{}", a.batch, a.seq_len), fwd_tokens / t_fwd, Some(fwd_tokens / t_fwd_graph));
         row(&format!("fwd+bwd {}x{}", a.batch, a.seq_len), fwd_tokens / t_bwd, None);
-        row(
-            &format!("decode batch {}", a.decode_batch),
-            dec_tokens as f64 / t_dec,
-            Some(dec_tokens_graph as f64 / t_dec_graph),
-        );
+        row(&format!("decode batch {}", a.decode_batch), dec, Some(dec_graph));
+        row(&format!("generate batch {} (+prefill)", a.decode_batch), dec_e2e, Some(dec_e2e_graph));
     }
     println!("baseline = the same work with trainable weights (autograd graph built, differentiable ops)");
     Ok(())

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lm::sample::{generate, SampleParams};
 use lm::LanguageModel;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -289,9 +289,4 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
-}
-
-#[allow(dead_code)]
-fn exists(p: &Path) -> bool {
-    p.exists()
 }

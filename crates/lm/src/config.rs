@@ -257,19 +257,19 @@ impl ModelConfig {
 
     /// Whether layer `i` of a Gemma3 model uses sliding-window (local) attention.
     pub fn is_local_layer(&self, i: usize) -> bool {
-        self.arch == Arch::Gemma3 && (i + 1) % self.sliding_window_pattern.max(1) != 0
+        self.arch == Arch::Gemma3 && !(i + 1).is_multiple_of(self.sliding_window_pattern.max(1))
     }
 
     /// Checks the numbers are consistent before any tensor is built.
     pub fn validate(&self) -> Result<()> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!(
                 "num_attention_heads ({}) must be a positive multiple of num_key_value_heads ({})",
                 self.num_heads,
                 self.num_kv_heads
             );
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 && self.arch != Arch::Gpt2 {
+        if self.head_dim == 0 || (!self.head_dim.is_multiple_of(2) && self.arch != Arch::Gpt2) {
             bail!("head_dim ({}) must be positive and even for rotary embeddings", self.head_dim);
         }
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {

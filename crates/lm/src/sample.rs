@@ -51,11 +51,28 @@ pub fn row_rng(seed: u64, index: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// Log-probability of every token under `logits` (a log-softmax over one row).
-fn log_softmax_row(logits: &[f32]) -> Vec<f32> {
+/// Draws one token from `logits` and returns it with its log-probability under the unfiltered,
+/// temperature-1 distribution. Plain temperature-1 sampling (the entropy estimate's case) reuses one
+/// pass of exponentials for both.
+pub fn sample_with_logprob(logits: &[f32], p: &SampleParams, rng: &mut StdRng) -> (u32, f32) {
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32 + max;
-    logits.iter().map(|&l| l - lse).collect()
+    if p.temperature == 1.0 && p.top_k == 0 && p.top_p >= 1.0 {
+        let w: Vec<f32> = logits.iter().map(|&l| (l - max).exp()).collect();
+        let total: f64 = w.iter().map(|&x| x as f64).sum();
+        let mut u = rng.random::<f64>() * total;
+        let mut tok = logits.len() - 1;
+        for (i, &x) in w.iter().enumerate() {
+            if u < x as f64 {
+                tok = i;
+                break;
+            }
+            u -= x as f64;
+        }
+        return (tok as u32, logits[tok] - max - total.ln() as f32);
+    }
+    let total: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let tok = sample_token(logits, p, rng);
+    (tok, logits[tok as usize] - max - total.ln() as f32)
 }
 
 /// Draws one token from `logits` with the given filters.
@@ -183,8 +200,7 @@ fn generate_batch(
         let mut next = Vec::with_capacity(active.len());
         let mut keep = Vec::with_capacity(active.len());
         for (r, &si) in active.iter().enumerate() {
-            let tok = sample_token(&rows[r], params, &mut rngs[si]);
-            let lp = log_softmax_row(&rows[r])[tok as usize];
+            let (tok, lp) = sample_with_logprob(&rows[r], params, &mut rngs[si]);
             let s = &mut samples[si];
             s.tokens.push(tok);
             s.logprobs.push(lp);

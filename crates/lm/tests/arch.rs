@@ -194,3 +194,44 @@ fn log_softmax_of_scores_matches_manual_sum() {
     assert!((got[0] - manual).abs() < 1e-4, "{} vs {manual}", got[0]);
     assert_eq!(s.count, vec![4, 2]);
 }
+
+#[test]
+fn gguf_quantisations_dequantise_close_to_the_weights() {
+    use candle_core::quantized::GgmlDType;
+    // Rows of 256 so the k-quants (block 256) apply to every matrix.
+    let cfg = lm::ModelConfig {
+        hidden_size: 256,
+        intermediate_size: 256,
+        num_layers: 1,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 64,
+        ..lm::testing::tiny_config("llama")
+    };
+    let tok = lm::Tokenizer::byte_level_for_tests(cfg.vocab_size).unwrap();
+    let m = LanguageModel::random(cfg, tok, 9, DType::F32, &Device::Cpu).unwrap();
+    let vocab = lm::Tokenizer::byte_level_test_vocab(m.config.vocab_size).unwrap();
+    let x = batch_tensor(&ids(2, 6, 3));
+    let want = m.forward(&x).unwrap();
+    let scale: f32 = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+    for (q, rel) in [
+        (GgmlDType::BF16, 0.01),
+        (GgmlDType::Q8_0, 0.03),
+        (GgmlDType::Q5_0, 0.15),
+        (GgmlDType::Q5_1, 0.15),
+        (GgmlDType::Q4_0, 0.3),
+        (GgmlDType::Q4_1, 0.3),
+        (GgmlDType::Q6K, 0.1),
+        (GgmlDType::Q5K, 0.15),
+        (GgmlDType::Q4K, 0.3),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        lm::load::write_gguf(&path, &m.config, &m.params, &vocab, q).unwrap();
+        let back = LanguageModel::load(&path, &Device::Cpu, DType::F32).unwrap();
+        let d = max_abs_diff(&want, &back.forward(&x).unwrap());
+        eprintln!("{q:?}: max |Δlogit| = {d:.4} (max |logit| {scale:.3})");
+        assert!(d > 0.0 || q == GgmlDType::BF16, "{q:?}: no quantisation error at all; was it quantised?");
+        assert!(d < rel * scale, "{q:?}: logits moved by {d}, more than {rel} × {scale}");
+    }
+}
