@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Args;
 use lm::sample::{generate, SampleParams};
-use lm::{Arch, LanguageModel, ModelConfig};
+use lm::{LanguageModel, ModelConfig};
 use std::time::Instant;
 
 #[derive(Args)]
@@ -37,46 +37,10 @@ struct DeviceArg {
 }
 
 pub fn shape(name: &str) -> Result<ModelConfig> {
-    let base = ModelConfig {
-        arch: Arch::Llama,
-        model_type: "llama".into(),
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_layers: 30,
-        num_heads: 9,
-        num_kv_heads: 3,
-        head_dim: 64,
-        max_position: 8192,
-        norm_eps: 1e-5,
-        rope_theta: 100000.0,
-        rope_scale: 1.0,
-        rope_local_theta: 10000.0,
-        sliding_window: None,
-        sliding_window_pattern: 1,
-        qkv_bias: false,
-        tie_word_embeddings: true,
-        query_pre_attn_scalar: None,
-        attn_logit_softcap: None,
-        final_logit_softcap: None,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-    };
-    Ok(match name {
-        "smollm2-135m" => base,
-        "tiny" => ModelConfig {
-            vocab_size: 512,
-            hidden_size: 64,
-            intermediate_size: 128,
-            num_layers: 2,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 16,
-            max_position: 1024,
-            ..base
-        },
-        other => bail!("unknown shape {other:?} (expected tiny or smollm2-135m)"),
-    })
+    match lm::testing::named_shape(name) {
+        Some(c) => Ok(c),
+        None => bail!("unknown shape {name:?} (expected tiny or smollm2-135m)"),
+    }
 }
 
 fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {

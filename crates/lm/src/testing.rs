@@ -65,6 +65,42 @@ pub fn tiny_config(kind: &str) -> ModelConfig {
     }
 }
 
+/// The SmolLM2-135M shape (Llama, 30 layers, d 576, 9/3 heads, vocabulary 49,152, tied head).
+pub fn smollm2_135m_config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 49152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_layers: 30,
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        max_position: 8192,
+        rope_theta: 100000.0,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        ..tiny_config("llama")
+    }
+}
+
+/// Benchmark shapes by name: `tiny` (d 64, 2 layers, vocabulary 512) and `smollm2-135m`.
+pub fn named_shape(name: &str) -> Option<ModelConfig> {
+    match name {
+        "smollm2-135m" => Some(smollm2_135m_config()),
+        "tiny" => Some(ModelConfig {
+            vocab_size: 512,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            max_position: 1024,
+            ..tiny_config("llama")
+        }),
+        _ => None,
+    }
+}
+
 /// A tiny random model of `kind` with the byte-level test tokenizer.
 pub fn tiny_model(kind: &str, seed: u64, dtype: DType) -> Result<LanguageModel> {
     let cfg = tiny_config(kind);
