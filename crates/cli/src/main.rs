@@ -279,7 +279,7 @@ fn main() {
                 Some(p) => p.clone(),
                 None => assets::default_model()?,
             };
-            let (_, tok, _) = lm::load::load(&path)?;
+            let (_, tok) = lm::load::load_tokenizer(&path)?;
             println!("{}", json!(tok.encode(&text)?));
             Ok(())
         })(),

@@ -16,6 +16,21 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Loads only the config and tokenizer of a model (no weights are read or dequantised).
+pub fn load_tokenizer(path: &Path) -> Result<(ModelConfig, Tokenizer)> {
+    if !path.exists() {
+        bail!("{}: no such file or directory (expected a .gguf file or an HF model directory)", path.display());
+    }
+    if path.is_dir() {
+        let config = ModelConfig::from_hf_file(&path.join("config.json"))?;
+        let tokenizer = Tokenizer::from_hf_dir(path, &config.eos_token_ids, config.bos_token_id)?;
+        Ok((config, tokenizer))
+    } else {
+        let (_, _, config, tokenizer) = read_gguf_header(path)?;
+        Ok((config, tokenizer))
+    }
+}
+
 /// Loads config, tokenizer and f32 parameters (on CPU) from `path`.
 pub fn load(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
     if !path.exists() {
@@ -263,7 +278,8 @@ pub fn permute_qk(t: &Tensor, n_head: usize) -> Result<Tensor> {
         .reshape(dims)?)
 }
 
-fn load_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
+/// Reads a GGUF file's metadata: the open reader, its table of contents, the config and the tokenizer.
+fn read_gguf_header(path: &Path) -> Result<(std::io::BufReader<std::fs::File>, Content, ModelConfig, Tokenizer)> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut reader = std::io::BufReader::new(file);
     let content = Content::read(&mut reader).map_err(|e| {
@@ -285,7 +301,7 @@ fn load_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
             .map_err(ctx)?,
         None => bail!("{}: metadata key `tokenizer.ggml.tokens` is missing: the file has no tokenizer", path.display()),
     };
-    let mut config = gguf_config(md, tokens.len()).map_err(ctx)?;
+    let config = gguf_config(md, tokens.len()).map_err(ctx)?;
     let token_types: Vec<i32> = md
         .get("tokenizer.ggml.token_type")
         .and_then(|v| v.to_vec().ok())
@@ -310,6 +326,11 @@ fn load_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
     })
     .with_context(|| format!("{}: building the tokenizer", path.display()))?;
 
+    Ok((reader, content, config, tokenizer))
+}
+
+fn load_gguf(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
+    let (mut reader, content, mut config, tokenizer) = read_gguf_header(path)?;
     let mut params = Params::new(path.display().to_string());
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();

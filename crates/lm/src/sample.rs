@@ -135,6 +135,11 @@ pub fn generate(
     first_index: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Sample>> {
+    if let Some(l) = lengths {
+        if l.len() != prompts.len() {
+            bail!("{} completion lengths given for {} prompts", l.len(), prompts.len());
+        }
+    }
     let mut out = Vec::with_capacity(prompts.len());
     for (chunk_i, chunk) in prompts.chunks(batch_size.max(1)).enumerate() {
         let start = chunk_i * batch_size.max(1);
