@@ -36,6 +36,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Log-probabilities of completions given prompts (completion tokens only), as JSONL.
     Score(ScoreArgs),
+    /// Fine-tune a model on preference pairs with a DPO-family loss (TRL's data formats and metric names).
+    Dpo(DpoArgs),
     /// Token ids of a text under a model's tokenizer, as JSON.
     Tokenize {
         #[command(flatten)]
@@ -144,6 +146,51 @@ struct GenerateArgs {
     /// Write JSONL here instead of printing text
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DpoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Preference pairs, JSONL: {prompt, chosen, rejected} (strings or chat messages) or {chosen, rejected}
+    #[arg(long)]
+    data: PathBuf,
+    /// Held-out pairs in the same format; eval_* metrics are logged at each epoch end
+    #[arg(long)]
+    eval_data: Option<PathBuf>,
+    /// Output directory: metrics.jsonl, checkpoint-N/, final/ (an HF model directory)
+    #[arg(long)]
+    out: PathBuf,
+    /// TOML file of training settings (see docs/dpo.md for every key and its default)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue from a checkpoint directory, or from the latest checkpoint in --out if given without a value
+    #[arg(long, num_args = 0..=1)]
+    resume: Option<Option<PathBuf>>,
+    /// Overrides `epochs`
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Overrides `learning_rate`
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// Overrides `batch_size`
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Overrides `loss.beta`
+    #[arg(long)]
+    beta: Option<f64>,
+    /// Overrides `loss_type` (comma-separated TRL names, e.g. sigmoid,sft)
+    #[arg(long)]
+    loss_type: Option<String>,
+    /// Train LoRA adapters (rank 16, alpha 32, all linear layers) unless the config sets [lora]
+    #[arg(long)]
+    lora: bool,
+    /// Overrides `max_steps`
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Overrides `seed`
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Args)]
@@ -266,6 +313,110 @@ fn run_score(a: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_dpo(a: DpoArgs) -> Result<()> {
+    use dpo::train::{latest_checkpoint, LoraConfig, TrainConfig, Trainer};
+    let mut cfg = match &a.config {
+        Some(p) => TrainConfig::from_toml_file(p)?,
+        None => TrainConfig::default(),
+    };
+    if let Some(x) = a.epochs {
+        cfg.epochs = x;
+    }
+    if let Some(x) = a.learning_rate {
+        cfg.learning_rate = x;
+    }
+    if let Some(x) = a.batch_size {
+        cfg.batch_size = x;
+    }
+    if let Some(x) = a.beta {
+        cfg.loss.beta = x;
+    }
+    if let Some(x) = a.max_steps {
+        cfg.max_steps = Some(x);
+    }
+    if let Some(x) = a.seed {
+        cfg.seed = x;
+    }
+    if let Some(l) = &a.loss_type {
+        cfg.loss_type = l
+            .split(',')
+            .map(|x| {
+                serde_json::from_value(json!(x.trim())).map_err(|_| anyhow::anyhow!("--loss-type: unknown loss {x:?}"))
+            })
+            .collect::<Result<_>>()?;
+    }
+    if a.lora && cfg.lora.is_none() {
+        cfg.lora = Some(LoraConfig::default());
+    }
+    cfg.validate()?;
+    let model = a.model.load()?;
+    let read = |p: &PathBuf| -> Result<Vec<dpo::data::TokenPair>> {
+        if p.extension().is_some_and(|e| e == "parquet") {
+            bail!(
+                "{}: Parquet input is not supported yet; convert it to JSONL (one JSON object per line)",
+                p.display()
+            );
+        }
+        let (pairs, mut skipped) = dpo::data::read_jsonl(p, &model.tokenizer)?;
+        let toks = dpo::data::tokenize(
+            &pairs,
+            &model.tokenizer,
+            cfg.max_length,
+            cfg.max_prompt_length,
+            cfg.truncation_mode,
+            &mut skipped,
+        )?;
+        if skipped.total() > 0 {
+            eprintln!("{}", skipped.describe(p));
+        }
+        if toks.is_empty() {
+            bail!("{}: no pairs left after truncation to max_length = {}", p.display(), cfg.max_length);
+        }
+        Ok(toks)
+    };
+    let train = read(&a.data)?;
+    let eval = match &a.eval_data {
+        Some(p) => read(p)?,
+        None => vec![],
+    };
+    eprintln!("{} training pairs, {} eval pairs", train.len(), eval.len());
+    let pb = std::cell::RefCell::new(None::<ProgressBar>);
+    let mut t = Trainer::new(cfg, model, train, eval, &a.out, |what, done, total| {
+        let mut pb = pb.borrow_mut();
+        let bar = pb.get_or_insert_with(|| bar(total, what));
+        bar.set_position(done as u64);
+    })?;
+    if let Some(b) = pb.borrow_mut().take() {
+        b.finish_and_clear();
+    }
+    if let Some(r) = &a.resume {
+        let ckpt = match r {
+            None => latest_checkpoint(&a.out)
+                .ok_or_else(|| anyhow::anyhow!("--resume: no checkpoint-N directory in {}", a.out.display()))?,
+            Some(r) if r.join("trainer_state.json").exists() => r.clone(),
+            Some(r) => latest_checkpoint(r)
+                .ok_or_else(|| anyhow::anyhow!("--resume {}: not a checkpoint and holds none", r.display()))?,
+        };
+        t.resume(&ckpt)?;
+        eprintln!("resumed from {} at step {}", ckpt.display(), t.step);
+    }
+    eprintln!(
+        "training {} parameters ({}), {} optimizer steps",
+        t.trainable_names().len(),
+        if t.cfg.lora.is_some() { "LoRA adapters" } else { "full fine-tuning" },
+        t.total_steps()
+    );
+    let pb = bar(t.total_steps() as usize, "dpo");
+    pb.set_position(t.step);
+    t.run(|s| {
+        pb.set_position(s.step);
+        pb.set_message(format!("dpo loss {:.4}", s.loss));
+    })?;
+    pb.finish_and_clear();
+    eprintln!("done: metrics in {}, model in {}", a.out.join("metrics.jsonl").display(), a.out.join("final").display());
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -274,6 +425,7 @@ fn main() {
         }
         Command::Generate(a) => run_generate(a),
         Command::Score(a) => run_score(a),
+        Command::Dpo(a) => run_dpo(a),
         Command::Tokenize { model, text } => (|| {
             let path = match &model.model {
                 Some(p) => p.clone(),

@@ -250,3 +250,113 @@ fn tokenize_prints_ids_without_loading_weights() {
     assert!(o.status.success(), "{}", text(&o).1);
     assert_eq!(text(&o).0.trim(), "[72,105,33]"); // byte-level test vocabulary: id = byte
 }
+
+#[test]
+fn dpo_trains_writes_metrics_and_a_loadable_model_then_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = tiny_dir(t, "llama");
+    let mut data = String::new();
+    for i in 0..12 {
+        data.push_str(&format!(
+            "{{\"prompt\": \"Review {i}:\", \"chosen\": \" great fun\", \"rejected\": \" dull mess\"}}\n"
+        ));
+    }
+    data.push_str("{\"prompt\": \"dup\", \"chosen\": \" same\", \"rejected\": \" same\"}\n");
+    std::fs::write(t.join("d.jsonl"), &data).unwrap();
+    std::fs::write(
+        t.join("train.toml"),
+        "learning_rate = 1e-3\nbatch_size = 4\nepochs = 2\nsave_steps = 2\nlogging_steps = 1\n[loss]\nbeta = 0.2\n",
+    )
+    .unwrap();
+    let out = t.join("run");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "dpo",
+            "--model",
+            dir.to_str().unwrap(),
+            "--data",
+            t.join("d.jsonl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+            t.join("train.toml").to_str().unwrap(),
+            "--lora",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let o = bin().args(args(&["--max-steps", "2"])).output().unwrap();
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("skipped 1 pairs") && err.contains("line"), "identical pair not reported: {err}");
+    assert!(out.join("checkpoint-2/trainer_state.json").exists());
+    let o = bin().args(args(&["--resume"])).output().unwrap();
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resumed from") && err.contains("at step 2"), "{err}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6], "6 steps = 2 epochs × 12 pairs / batch 4");
+    // The final model generates.
+    let o = run(&[
+        "generate",
+        "--model",
+        out.join("final").to_str().unwrap(),
+        "--prompt",
+        "Review 1:",
+        "--max-new-tokens",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+}
+
+#[test]
+fn dpo_bad_inputs_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = tiny_dir(t, "llama");
+    let m = dir.to_str().unwrap();
+    let out = t.join("o");
+    std::fs::write(t.join("bad.jsonl"), "{\"prompt\": \"a\", \"chosen\": \"b\"}\n").unwrap();
+    fails_with(
+        &["dpo", "--model", m, "--data", t.join("bad.jsonl").to_str().unwrap(), "--out", out.to_str().unwrap()],
+        &["bad.jsonl:1", "`rejected`"],
+    );
+    std::fs::write(t.join("ok.jsonl"), "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n").unwrap();
+    std::fs::write(t.join("c.toml"), "learning_rat = 1.0\n").unwrap();
+    fails_with(
+        &[
+            "dpo",
+            "--model",
+            m,
+            "--data",
+            t.join("ok.jsonl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--config",
+            t.join("c.toml").to_str().unwrap(),
+        ],
+        &["c.toml", "learning_rat"],
+    );
+    fails_with(
+        &[
+            "dpo",
+            "--model",
+            m,
+            "--data",
+            t.join("ok.jsonl").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--loss-type",
+            "sigmoid,bogus",
+        ],
+        &["bogus"],
+    );
+}

@@ -79,7 +79,7 @@ impl LossType {
 
 /// Hyper-parameters of the loss family; defaults are TRL's (or the paper's where TRL has none).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LossParams {
     /// β, the strength of the KL regulariser (TRL default 0.1; the APL paper uses 0.2).
     pub beta: f64,

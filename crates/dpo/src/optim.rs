@@ -28,7 +28,7 @@ pub enum OptimizerKind {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimizerParams {
     pub kind: OptimizerKind,
     pub beta1: f64,
@@ -116,16 +116,26 @@ impl Optimizer {
         Ok(())
     }
 
-    /// One update with learning rate `lr`; parameters without a gradient are left alone.
+    /// One update with learning rate `lr` from a backward pass's gradient store.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        let g: Vec<Option<Tensor>> = self.slots.iter().map(|s| grads.get(s.var.as_tensor()).cloned()).collect();
+        self.step_with(&g, lr)
+    }
+
+    /// One update with gradients given in the order of the variables passed to `new`; parameters
+    /// without a gradient are left alone.
+    pub fn step_with(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            bail!("{} gradients for {} parameters", grads.len(), self.slots.len());
+        }
         self.t += 1;
         let p = self.params.clone();
         let t = self.t as i32;
         let (b1, b2) = (p.beta1, p.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        for s in self.slots.iter_mut() {
-            let Some(g) = grads.get(s.var.as_tensor()) else { continue };
+        for (s, g) in self.slots.iter_mut().zip(grads) {
+            let Some(g) = g else { continue };
             let dt = s.m.dtype();
             let g = g.to_dtype(dt)?;
             let theta = s.var.as_tensor().to_dtype(dt)?;
@@ -203,22 +213,30 @@ pub fn learning_rate(schedule: Schedule, base: f64, step: u64, warmup: u64, tota
 
 /// Scales gradients so their global L2 norm is at most `max_norm` (PyTorch `clip_grad_norm_`), and returns
 /// the norm before clipping (TRL's `grad_norm`).
-pub fn clip_grad_norm(vars: &[Var], grads: &mut GradStore, max_norm: Option<f64>) -> Result<f64> {
+pub fn clip_grads(grads: &mut [Option<Tensor>], max_norm: Option<f64>) -> Result<f64> {
     let mut sq = 0.0;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
-        }
+    for g in grads.iter().flatten() {
+        sq += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
     }
     let norm = sq.sqrt();
-    if let Some(m) = max_norm {
+    if let Some(m) = max_norm.filter(|&m| m > 0.0) {
         let coef = m / (norm + 1e-6);
         if coef < 1.0 {
-            for v in vars {
-                if let Some(g) = grads.remove(v.as_tensor()) {
-                    grads.insert(v.as_tensor(), (g * coef)?);
-                }
+            for g in grads.iter_mut().flatten() {
+                *g = (&*g * coef)?;
             }
+        }
+    }
+    Ok(norm)
+}
+
+/// [`clip_grads`] over a backward pass's gradient store.
+pub fn clip_grad_norm(vars: &[Var], grads: &mut GradStore, max_norm: Option<f64>) -> Result<f64> {
+    let mut g: Vec<Option<Tensor>> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();
+    let norm = clip_grads(&mut g, max_norm)?;
+    for (v, g) in vars.iter().zip(g) {
+        if let Some(g) = g {
+            grads.insert(v.as_tensor(), g);
         }
     }
     Ok(norm)

@@ -100,6 +100,87 @@ impl LanguageModel {
         Ok(vars)
     }
 
+    /// The same model over other parameters (e.g. the frozen reference of a training run).
+    pub fn with_params(&self, params: Params) -> Result<Self> {
+        Self::from_params(self.config.clone(), self.tokenizer.clone(), params)
+    }
+
+    /// The names of the linear layers LoRA can adapt (every projection inside the blocks), optionally
+    /// only those whose last name component is in `targets` (e.g. `q_proj`, `v_proj`, `c_attn`).
+    pub fn lora_targets(&self, targets: &[String]) -> Vec<String> {
+        self.params
+            .tensors
+            .iter()
+            .filter(|(n, t)| {
+                t.rank() == 2
+                    && n.ends_with(".weight")
+                    && !n.contains("lora_")
+                    && (n.starts_with("model.layers.") || n.starts_with("h."))
+            })
+            .map(|(n, _)| n.trim_end_matches(".weight").to_string())
+            .filter(|stem| {
+                targets.is_empty()
+                    || targets.iter().any(|t| t == "all-linear" || stem.rsplit('.').next() == Some(t.as_str()))
+            })
+            .collect()
+    }
+
+    /// Adds LoRA adapters of rank `r` to the layers named by `targets` (all projections when empty or
+    /// `all-linear`) and returns them as the only trainable variables; base weights stay frozen tensors.
+    /// A is uniform in ±1/√in (PEFT's Kaiming-uniform bound), B is zero, so the model is unchanged at start.
+    pub fn add_lora(&mut self, r: usize, alpha: f64, targets: &[String], seed: u64) -> Result<BTreeMap<String, Var>> {
+        let layers = self.lora_targets(targets);
+        if layers.is_empty() {
+            anyhow::bail!(
+                "LoRA target modules {targets:?} match no linear layer of this {} model",
+                self.config.model_type
+            );
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut vars = BTreeMap::new();
+        let (dev, dtype) = (self.device().clone(), self.dtype());
+        for stem in layers {
+            let w = &self.params.tensors[&format!("{stem}.weight")];
+            let (out, inp) = w.dims2()?;
+            let bound = 1.0 / (inp as f32).sqrt();
+            let a: Vec<f32> = (0..r * inp).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * bound).collect();
+            let a = Var::from_tensor(&Tensor::from_vec(a, (r, inp), &dev)?.to_dtype(dtype)?)?;
+            let b = Var::zeros((out, r), dtype, &dev)?;
+            for (suffix, v) in [("lora_A", a), ("lora_B", b)] {
+                let name = format!("{stem}.{suffix}.weight");
+                self.params.insert(name.clone(), v.as_tensor().clone());
+                vars.insert(name, v);
+            }
+        }
+        self.params.lora_scale = alpha / r as f64;
+        self.net = Net::new(&self.config, &self.params)?;
+        Ok(vars)
+    }
+
+    /// The parameters without any LoRA adapter (the base model).
+    pub fn base_params(&self) -> Params {
+        let mut p = self.params.clone();
+        p.tensors.retain(|n, _| !n.contains(".lora_"));
+        p
+    }
+
+    /// The parameters with every adapter merged into its base weight, `W + scale · B A`, detached.
+    pub fn merged_params(&self) -> Result<Params> {
+        let mut p = self.base_params();
+        for (n, t) in p.tensors.iter_mut() {
+            let stem = n.trim_end_matches(".weight");
+            if let (Some(a), Some(b)) = (
+                self.params.tensors.get(&format!("{stem}.lora_A.weight")),
+                self.params.tensors.get(&format!("{stem}.lora_B.weight")),
+            ) {
+                *t = (t.detach() + (b.detach().matmul(&a.detach())? * self.params.lora_scale)?)?;
+            } else {
+                *t = t.detach();
+            }
+        }
+        Ok(p)
+    }
+
     /// A model with random weights (for tests and benchmarks): N(0, 0.02) matrices, norm scales near
     /// one, small random biases.
     pub fn random(config: ModelConfig, tokenizer: Tokenizer, seed: u64, dtype: DType, device: &Device) -> Result<Self> {

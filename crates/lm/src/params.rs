@@ -8,16 +8,18 @@ use candle_core::{DType, Device, Tensor, Var};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Params {
     pub tensors: BTreeMap<String, Tensor>,
     /// Where the tensors came from, for error messages.
     pub source: String,
+    /// LoRA `alpha / r` applied to every `*.lora_A/B` pair present.
+    pub lora_scale: f64,
 }
 
 impl Params {
     pub fn new(source: impl Into<String>) -> Self {
-        Self { tensors: BTreeMap::new(), source: source.into() }
+        Self { tensors: BTreeMap::new(), source: source.into(), lora_scale: 1.0 }
     }
 
     pub fn insert(&mut self, name: impl Into<String>, t: Tensor) {
@@ -50,7 +52,7 @@ impl Params {
 
     /// Casts every tensor to `dtype` on `device`.
     pub fn to(&self, dtype: DType, device: &Device) -> Result<Self> {
-        let mut out = Self::new(self.source.clone());
+        let mut out = Self { lora_scale: self.lora_scale, ..Self::new(self.source.clone()) };
         for (k, t) in &self.tensors {
             out.insert(k.clone(), t.to_device(device)?.to_dtype(dtype)?);
         }

@@ -50,10 +50,7 @@ impl Gemma3 {
         let norm = |name: &str, n: usize| -> Result<RmsNorm> {
             Ok(RmsNorm { weight: p.get(name, &[n])?, eps: cfg.norm_eps, offset: 1.0 })
         };
-        let lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let b = if bias { Some(p.get(&format!("{name}.bias"), &[out])?) } else { None };
-            Ok(Linear::new(p.get(&format!("{name}.weight"), &[out, inp])?, b))
-        };
+        let lin = |name: &str, out: usize, inp: usize, bias: bool| Linear::load(p, name, out, inp, bias);
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let pre = format!("model.layers.{i}");

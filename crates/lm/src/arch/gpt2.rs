@@ -47,9 +47,7 @@ impl Gpt2 {
                 eps: cfg.norm_eps,
             })
         };
-        let lin = |pre: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear::new(p.get(&format!("{pre}.weight"), &[out, inp])?, Some(p.get(&format!("{pre}.bias"), &[out])?)))
-        };
+        let lin = |pre: &str, out: usize, inp: usize| Linear::load(p, pre, out, inp, true);
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             blocks.push(Block {

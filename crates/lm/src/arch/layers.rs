@@ -14,33 +14,80 @@ fn tracks(ts: &[&Tensor]) -> bool {
     ts.iter().any(|t| t.track_op())
 }
 
-/// `y = x W^T + b`, W stored `(out, in)` as in PyTorch's `nn.Linear`.
+/// A low-rank adapter (Hu et al. 2021, "LoRA", arXiv 2106.09685): `ΔW = scale · B A`, `A` `(r, in)`,
+/// `B` `(out, r)`, named `{layer}.lora_A.weight` / `{layer}.lora_B.weight` as PEFT names them.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+/// `y = x W^T + b (+ scale · x Aᵀ Bᵀ)`, W stored `(out, in)` as in PyTorch's `nn.Linear`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self { weight, bias, lora: None }
+    }
+
+    /// The layer `name` from `p`: `{name}.weight` `(out, inp)`, `{name}.bias` if `bias`, and a LoRA adapter
+    /// if `p` holds one for this layer.
+    pub fn load(p: &crate::params::Params, name: &str, out: usize, inp: usize, bias: bool) -> anyhow::Result<Self> {
+        let weight = p.get(&format!("{name}.weight"), &[out, inp])?;
+        let bias = if bias { Some(p.get(&format!("{name}.bias"), &[out])?) } else { None };
+        let a_name = format!("{name}.lora_A.weight");
+        let lora = match p.tensors.get(&a_name) {
+            Some(a) => {
+                let r = a.dim(0)?;
+                Some(Lora {
+                    a: p.get(&a_name, &[r, inp])?,
+                    b: p.get(&format!("{name}.lora_B.weight"), &[out, r])?,
+                    scale: p.lora_scale,
+                })
+            }
+            None => None,
+        };
+        Ok(Self { weight, bias, lora })
+    }
+
+    fn plain(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().unwrap();
+        let rows = x.elem_count() / in_dim;
+        let w = if x.dtype() != w.dtype() { w.to_dtype(x.dtype())? } else { w.clone() };
+        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?; // (rows, out)
+        let mut out = dims;
+        *out.last_mut().unwrap() = y.dim(1)?;
+        y.reshape(out) // (..., out)
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = *dims.last().unwrap();
-        let rows = x.elem_count() / in_dim;
-        let w = if x.dtype() != self.weight.dtype() { self.weight.to_dtype(x.dtype())? } else { self.weight.clone() };
-        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?; // (rows, out)
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-            None => y,
-        };
-        let mut out = dims;
-        *out.last_mut().unwrap() = y.dim(1)?;
-        y.reshape(out) // (..., out)
+        let y = self.plain_with_bias(x)?;
+        match &self.lora {
+            Some(l) => {
+                let down = self.plain(x, &l.a)?; // (..., r)
+                y + (self.plain(&down, &l.b)? * l.scale)?
+            }
+            None => Ok(y),
+        }
+    }
+}
+
+impl Linear {
+    fn plain_with_bias(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.plain(x, &self.weight)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
     }
 }
 

@@ -35,9 +35,7 @@ pub struct Llama {
 }
 
 fn linear(p: &Params, name: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
-    let w = p.get(&format!("{name}.weight"), &[out, inp])?;
-    let b = if bias { Some(p.get(&format!("{name}.bias"), &[out])?) } else { None };
-    Ok(Linear::new(w, b))
+    Linear::load(p, name, out, inp, bias)
 }
 
 impl Llama {

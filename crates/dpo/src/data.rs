@@ -1,0 +1,247 @@
+//! Preference data in TRL's formats, read from JSONL, tokenised and truncated for training.
+//!
+//! Accepted rows (TRL's preference dataset types):
+//! - explicit prompt: `{"prompt": str, "chosen": str, "rejected": str}`
+//! - implicit prompt: `{"chosen": str, "rejected": str}`; the prompt is the longest shared prefix, backed
+//!   off to before a space so the space stays with the completions (as TRL's `extract_prompt`)
+//! - conversational: the same keys with lists of `{role, content}` messages (prompt optional: then the
+//!   shared leading messages are the prompt), rendered with the model's chat template. The completion is
+//!   the rendering of the whole conversation minus the rendering of the prompt, so a template's BOS/EOS
+//!   appear once.
+//!
+//! Truncation (TRL's `max_length` with `truncation_mode`): `keep_start` keeps the first `max_length` tokens of
+//! prompt + completion (the completion loses its end); `keep_end` keeps the last ones (the prompt loses its
+//! start). `max_prompt_length`, if set, first cuts the prompt to its last tokens. A pair whose completion
+//! would be left empty is skipped and counted.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use lm::Tokenizer;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io::BufRead;
+use std::path::Path;
+
+/// One preference pair as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPair {
+    /// 1-based line in the source file.
+    pub line: usize,
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    /// The prompt already contains the model's chat formatting.
+    pub templated: bool,
+}
+
+/// One pair as token ids, ready for scoring.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenPair {
+    pub line: usize,
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    #[default]
+    KeepStart,
+    KeepEnd,
+}
+
+/// Rows skipped while reading, by reason, reported to the user.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Skipped {
+    pub identical: Vec<usize>,
+    pub truncated_away: Vec<usize>,
+}
+
+impl Skipped {
+    pub fn total(&self) -> usize {
+        self.identical.len() + self.truncated_away.len()
+    }
+
+    pub fn describe(&self, file: &Path) -> String {
+        let lines = |v: &[usize]| v.iter().take(10).map(|l| l.to_string()).collect::<Vec<_>>().join(", ");
+        let mut parts = vec![];
+        if !self.identical.is_empty() {
+            parts.push(format!(
+                "{} with chosen identical to rejected (lines {})",
+                self.identical.len(),
+                lines(&self.identical)
+            ));
+        }
+        if !self.truncated_away.is_empty() {
+            parts.push(format!(
+                "{} whose completion is empty after truncation to max_length (lines {})",
+                self.truncated_away.len(),
+                lines(&self.truncated_away)
+            ));
+        }
+        format!("{}: skipped {} pairs: {}", file.display(), self.total(), parts.join("; "))
+    }
+}
+
+/// TRL's prompt extraction for implicit-prompt string pairs.
+pub fn shared_prefix(a: &str, b: &str) -> usize {
+    let (ab, bb) = (a.as_bytes(), b.as_bytes());
+    let mut idx = 0;
+    while idx < ab.len() && idx < bb.len() && ab[idx] == bb[idx] {
+        idx += 1;
+    }
+    if idx < ab.len().min(bb.len()) && idx > 0 && ab[idx - 1] == b' ' {
+        idx -= 1;
+    }
+    while !a.is_char_boundary(idx) {
+        idx -= 1;
+    }
+    idx
+}
+
+fn messages(v: &Value) -> Option<&Vec<Value>> {
+    v.as_array().filter(|a| a.iter().all(|m| m.get("role").is_some() && m.get("content").is_some()))
+}
+
+/// Reads a JSONL preference file into text pairs (conversational rows rendered with `tok`'s template).
+pub fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<(Vec<TextPair>, Skipped)> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    let mut skipped = Skipped::default();
+    for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
+        let n = i + 1;
+        let bytes = line.with_context(|| format!("reading {}", path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}:{n}: not valid UTF-8", path.display()))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| anyhow!("{}:{n}: not valid JSON ({e})", path.display()))?;
+        let pair = parse_row(&v, tok).map_err(|e| anyhow!("{}:{n}: {e}", path.display()))?;
+        let pair = TextPair { line: n, ..pair };
+        if pair.chosen == pair.rejected {
+            skipped.identical.push(n);
+            continue;
+        }
+        out.push(pair);
+    }
+    if out.is_empty() {
+        bail!("{}: no usable preference pairs ({} rows skipped)", path.display(), skipped.total());
+    }
+    Ok((out, skipped))
+}
+
+fn parse_row(v: &Value, tok: &Tokenizer) -> Result<TextPair> {
+    let field =
+        |k: &str| v.get(k).ok_or_else(|| anyhow!("column `{k}` is missing (expected prompt, chosen, rejected)"));
+    let (chosen, rejected) = (field("chosen")?, field("rejected")?);
+    let pair = if let (Some(c), Some(r)) = (messages(chosen), messages(rejected)) {
+        // Conversational.
+        let (prompt_msgs, c_msgs, r_msgs): (Vec<Value>, Vec<Value>, Vec<Value>) = match v.get("prompt") {
+            Some(p) => {
+                let p = messages(p).ok_or_else(|| {
+                    anyhow!("column `prompt` must be a list of {{role, content}} messages like chosen")
+                })?;
+                (p.clone(), c.clone(), r.clone())
+            }
+            None => {
+                let k = c.iter().zip(r).take_while(|(a, b)| a == b).count();
+                (c[..k].to_vec(), c[k..].to_vec(), r[k..].to_vec())
+            }
+        };
+        if prompt_msgs.is_empty() {
+            bail!("conversational row has no prompt messages");
+        }
+        let prompt = tok.apply_chat_template(&Value::Array(prompt_msgs.clone()), true)?;
+        let render = |extra: &[Value]| -> Result<String> {
+            if extra.is_empty() {
+                bail!("a completion has no messages");
+            }
+            let all: Vec<Value> = prompt_msgs.iter().chain(extra).cloned().collect();
+            let full = tok.apply_chat_template(&Value::Array(all), false)?;
+            full.strip_prefix(&prompt)
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("the chat template does not render the prompt as a prefix of the conversation"))
+        };
+        TextPair { line: 0, chosen: render(&c_msgs)?, rejected: render(&r_msgs)?, prompt, templated: true }
+    } else {
+        let s = |k: &str, x: &Value| -> Result<String> {
+            x.as_str().map(str::to_string).ok_or_else(|| anyhow!("column `{k}` must be a string or a list of messages"))
+        };
+        let (c, r) = (s("chosen", chosen)?, s("rejected", rejected)?);
+        match v.get("prompt") {
+            Some(p) => TextPair { line: 0, prompt: s("prompt", p)?, chosen: c, rejected: r, templated: false },
+            None => {
+                let k = shared_prefix(&c, &r);
+                TextPair {
+                    line: 0,
+                    prompt: c[..k].to_string(),
+                    chosen: c[k..].to_string(),
+                    rejected: r[k..].to_string(),
+                    templated: false,
+                }
+            }
+        }
+    };
+    if pair.chosen.is_empty() {
+        bail!("column `chosen` is an empty completion");
+    }
+    if pair.rejected.is_empty() {
+        bail!("column `rejected` is an empty completion");
+    }
+    Ok(pair)
+}
+
+/// Tokenises text pairs with truncation; pairs emptied by truncation are skipped and counted.
+pub fn tokenize(
+    pairs: &[TextPair],
+    tok: &Tokenizer,
+    max_length: usize,
+    max_prompt_length: Option<usize>,
+    mode: Truncation,
+    skipped: &mut Skipped,
+) -> Result<Vec<TokenPair>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        // A rendered chat prompt already carries the template's BOS text; don't add another.
+        let mut prompt = if p.templated { tok.encode_plain(&p.prompt)? } else { tok.encode(&p.prompt)? };
+        if prompt.is_empty() {
+            // Implicit prompts can be empty; condition on BOS (or EOS, as GPT-2 does) instead.
+            prompt.push(tok.bos_token_id.or(tok.eos_token_ids.first().copied()).unwrap_or(0));
+        }
+        if let Some(m) = max_prompt_length {
+            if prompt.len() > m {
+                prompt.drain(..prompt.len() - m);
+            }
+        }
+        let mut c = tok.encode_plain(&p.chosen)?;
+        let mut r = tok.encode_plain(&p.rejected)?;
+        let mut pr = prompt.clone();
+        let mut ok = true;
+        for comp in [&mut c, &mut r] {
+            if pr.len() + comp.len() > max_length {
+                match mode {
+                    Truncation::KeepStart => comp.truncate(max_length.saturating_sub(pr.len())),
+                    Truncation::KeepEnd => {
+                        let cut = (pr.len() + comp.len() - max_length).min(pr.len().saturating_sub(1));
+                        // Cutting the prompt's start is shared by both completions: apply the larger cut.
+                        if cut > prompt.len() - pr.len() {
+                            pr = prompt[cut..].to_vec();
+                        }
+                        if pr.len() + comp.len() > max_length {
+                            let keep = max_length.saturating_sub(pr.len());
+                            comp.drain(..comp.len() - keep);
+                        }
+                    }
+                }
+            }
+            ok &= !comp.is_empty();
+        }
+        if !ok {
+            skipped.truncated_away.push(p.line);
+            continue;
+        }
+        out.push(TokenPair { line: p.line, prompt: pr, chosen: c, rejected: r });
+    }
+    Ok(out)
+}

@@ -1,0 +1,563 @@
+//! The DPO trainer: batches of preference pairs through the policy (and, once, the reference), a loss
+//! from the family in `loss`, gradient accumulation and clipping, an optimizer step, TRL-named metrics,
+//! checkpoints, and exact resume.
+//!
+//! Reference log-probs are computed once per pair before training and cached (TRL's
+//! `precompute_ref_log_probs`), so no epoch runs a reference forward. With LoRA the reference is the base
+//! model without adapters, sharing the frozen base tensors. The whole schedule of optimizer steps (which
+//! pairs, in which order) is a function of the seed, so a run resumed from a checkpoint ends exactly where
+//! the uninterrupted run ends.
+
+use crate::data::{TokenPair, Truncation};
+use crate::loss::{combined_loss, rewards, LossParams, LossType, PairLogps};
+use crate::optim::{clip_grads, learning_rate, Optimizer, OptimizerParams, Schedule};
+use anyhow::{anyhow, bail, Context as _, Result};
+use candle_core::{DType, Tensor, Var};
+use lm::score::completion_logprobs;
+use lm::LanguageModel;
+use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// LoRA settings; `None` in [`TrainConfig::lora`] means full fine-tuning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    /// Layer names (`q_proj`, `v_proj`, `c_attn`, ...) or `all-linear`.
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { r: 16, alpha: 32.0, target_modules: vec!["all-linear".into()] }
+    }
+}
+
+/// Every training setting, with defaults in one place (TRL's `DPOConfig` where it has one). Read from TOML.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Losses to sum (TRL `loss_type`), e.g. `["sigmoid"]` or `["sigmoid", "sft"]`.
+    pub loss_type: Vec<LossType>,
+    /// One weight per loss (default: all 1).
+    pub loss_weights: Option<Vec<f64>>,
+    pub loss: LossParams,
+    pub learning_rate: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: u64,
+    pub epochs: usize,
+    /// Pairs per micro-batch.
+    pub batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    /// Clip the global gradient norm to this (0 or None = no clipping).
+    pub max_grad_norm: Option<f64>,
+    pub optimizer: OptimizerParams,
+    /// Tokens of prompt + completion kept per sequence.
+    pub max_length: usize,
+    pub max_prompt_length: Option<usize>,
+    pub truncation_mode: Truncation,
+    /// Cache reference log-probs once per pair (no reference forward during training).
+    pub precompute_ref_log_probs: bool,
+    pub lora: Option<LoraConfig>,
+    pub seed: u64,
+    /// Write metrics every this many optimizer steps.
+    pub logging_steps: u64,
+    /// Save a checkpoint every this many optimizer steps (and always at the end).
+    pub save_steps: Option<u64>,
+    /// Stop after this many optimizer steps (the schedule still spans all epochs).
+    pub max_steps: Option<u64>,
+    /// TR-DPO (Gorbatovski et al. 2024): every `ref_model_sync_steps`, π_ref ← α π + (1 − α) π_ref.
+    pub sync_ref_model: bool,
+    pub ref_model_mixup_alpha: f64,
+    pub ref_model_sync_steps: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            loss_type: vec![LossType::Sigmoid],
+            loss_weights: None,
+            loss: LossParams::default(),
+            learning_rate: 1e-6,
+            schedule: Schedule::Linear,
+            warmup_steps: 0,
+            epochs: 1,
+            batch_size: 8,
+            gradient_accumulation_steps: 1,
+            max_grad_norm: Some(1.0),
+            optimizer: OptimizerParams::default(),
+            max_length: 1024,
+            max_prompt_length: None,
+            truncation_mode: Truncation::KeepStart,
+            precompute_ref_log_probs: true,
+            lora: None,
+            seed: 42,
+            logging_steps: 10,
+            save_steps: None,
+            max_steps: None,
+            sync_ref_model: false,
+            ref_model_mixup_alpha: 0.6,
+            ref_model_sync_steps: 512,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+
+    fn weighted_losses(&self) -> Result<Vec<(LossType, f64)>> {
+        let w = match &self.loss_weights {
+            Some(w) if w.len() != self.loss_type.len() => {
+                bail!("loss_weights has {} entries for {} losses in loss_type", w.len(), self.loss_type.len())
+            }
+            Some(w) => w.clone(),
+            None => vec![1.0; self.loss_type.len()],
+        };
+        Ok(self.loss_type.iter().copied().zip(w).collect())
+    }
+
+    fn needs_reference(&self) -> bool {
+        self.loss_type.iter().any(|l| !l.reference_free())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.gradient_accumulation_steps == 0 || self.epochs == 0 {
+            bail!("batch_size, gradient_accumulation_steps and epochs must be at least 1");
+        }
+        if self.loss.beta <= 0.0 {
+            bail!("loss.beta must be positive, got {}", self.loss.beta);
+        }
+        if self.sync_ref_model && self.precompute_ref_log_probs {
+            bail!("sync_ref_model changes the reference during training; set precompute_ref_log_probs = false");
+        }
+        self.weighted_losses().map(|_| ())
+    }
+}
+
+/// What the trainer reports after each optimizer step (for progress bars).
+#[derive(Debug, Clone)]
+pub struct StepInfo {
+    pub step: u64,
+    pub total: u64,
+    pub loss: f64,
+}
+
+/// The plan of a run: for every optimizer step, its micro-batches of pair indices.
+pub fn schedule(n_pairs: usize, cfg: &TrainConfig) -> Vec<Vec<Vec<usize>>> {
+    let mut steps = Vec::new();
+    for epoch in 0..cfg.epochs {
+        let mut order: Vec<usize> = (0..n_pairs).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch as u64)));
+        let micro: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(<[usize]>::to_vec).collect();
+        for group in micro.chunks(cfg.gradient_accumulation_steps) {
+            steps.push(group.to_vec());
+        }
+    }
+    steps
+}
+
+/// Policy and reference log-probs of a batch of pairs.
+struct BatchLogps {
+    x: PairLogps,
+    mean_logit_chosen: Tensor,
+    mean_logit_rejected: Tensor,
+}
+
+fn lens(pairs: &[&TokenPair], dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let c: Vec<f32> = pairs.iter().map(|p| p.chosen.len() as f32).collect();
+    let r: Vec<f32> = pairs.iter().map(|p| p.rejected.len() as f32).collect();
+    Ok((Tensor::new(c, dev)?, Tensor::new(r, dev)?))
+}
+
+/// Summed log-probs of chosen and rejected under `model`: one forward over 2B sequences.
+fn policy_logps(model: &LanguageModel, pairs: &[&TokenPair]) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let b = pairs.len();
+    let items: Vec<(Vec<u32>, Vec<u32>)> = pairs
+        .iter()
+        .map(|p| (p.prompt.clone(), p.chosen.clone()))
+        .chain(pairs.iter().map(|p| (p.prompt.clone(), p.rejected.clone())))
+        .collect();
+    let s = completion_logprobs(model, &items)?;
+    let sum = s.sum.to_dtype(DType::F32)?;
+    let ml = s.mean_logit.to_dtype(DType::F32)?;
+    Ok((sum.narrow(0, 0, b)?, sum.narrow(0, b, b)?, ml.narrow(0, 0, b)?, ml.narrow(0, b, b)?))
+}
+
+/// Reference log-probs `(chosen, rejected)` of every pair, `batch` at a time, without a graph.
+pub fn reference_logps(reference: &LanguageModel, pairs: &[TokenPair], batch: usize) -> Result<Vec<(f32, f32)>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
+        let refs: Vec<&TokenPair> = chunk.iter().collect();
+        let (c, r, _, _) = policy_logps(reference, &refs)?;
+        let (c, r): (Vec<f32>, Vec<f32>) = (c.detach().to_vec1()?, r.detach().to_vec1()?);
+        out.extend(c.into_iter().zip(r));
+    }
+    Ok(out)
+}
+
+/// Running means of the TRL metrics over a logging window.
+#[derive(Default)]
+struct Window {
+    n: f64,
+    sums: BTreeMap<&'static str, f64>,
+}
+
+impl Window {
+    fn add(&mut self, key: &'static str, v: f64) {
+        *self.sums.entry(key).or_default() += v;
+    }
+    fn add_batch(&mut self, loss: f64, b: &BatchLogps, p: &LossParams) -> Result<()> {
+        let (rc, rr) = rewards(p, &b.x)?;
+        let mean = |t: &Tensor| -> Result<f64> { Ok(t.detach().to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?) };
+        self.add("loss", loss);
+        self.add("rewards/chosen", mean(&rc)?);
+        self.add("rewards/rejected", mean(&rr)?);
+        self.add("rewards/accuracies", mean(&rc.gt(&rr)?.to_dtype(DType::F32)?)?);
+        self.add("rewards/margins", mean(&(&rc - &rr)?)?);
+        self.add("logps/chosen", mean(&b.x.chosen)?);
+        self.add("logps/rejected", mean(&b.x.rejected)?);
+        self.add("logits/chosen", mean(&b.mean_logit_chosen)?);
+        self.add("logits/rejected", mean(&b.mean_logit_rejected)?);
+        self.n += 1.0;
+        Ok(())
+    }
+    fn take(&mut self, prefix: &str) -> Map<String, Value> {
+        let m = self.sums.iter().map(|(k, v)| (format!("{prefix}{k}"), json!(v / self.n.max(1.0)))).collect();
+        *self = Self::default();
+        m
+    }
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub policy: LanguageModel,
+    reference: Option<LanguageModel>,
+    vars: Vec<(String, Var)>,
+    opt: Optimizer,
+    train: Vec<TokenPair>,
+    eval: Vec<TokenPair>,
+    ref_train: Option<Vec<(f32, f32)>>,
+    ref_eval: Option<Vec<(f32, f32)>>,
+    pub out: PathBuf,
+    pub step: u64,
+    plan: Vec<Vec<Vec<usize>>>,
+}
+
+impl Trainer {
+    /// Prepares a run: makes the policy trainable (LoRA or full), builds the frozen reference and, if
+    /// configured, computes the reference log-probs of every pair once.
+    pub fn new(
+        cfg: TrainConfig,
+        mut policy: LanguageModel,
+        train: Vec<TokenPair>,
+        eval: Vec<TokenPair>,
+        out: &Path,
+        mut progress: impl FnMut(&str, usize, usize),
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if train.is_empty() {
+            bail!("no training pairs");
+        }
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        // The reference is the model as loaded: plain tensors, no graph. With LoRA it shares them.
+        let reference = if cfg.needs_reference() { Some(policy.with_params(policy.base_params())?) } else { None };
+        let vars: BTreeMap<String, Var> = match &cfg.lora {
+            Some(l) => policy.add_lora(l.r, l.alpha, &l.target_modules, cfg.seed)?,
+            None => policy.make_trainable(|_| true)?,
+        };
+        let vars: Vec<(String, Var)> = vars.into_iter().collect();
+        let opt = Optimizer::new(vars.iter().map(|(_, v)| v.clone()).collect(), cfg.optimizer.clone())?;
+        let plan = schedule(train.len(), &cfg);
+        let mut t = Self {
+            cfg,
+            policy,
+            reference,
+            vars,
+            opt,
+            train,
+            eval,
+            ref_train: None,
+            ref_eval: None,
+            out: out.to_path_buf(),
+            step: 0,
+            plan,
+        };
+        if t.cfg.precompute_ref_log_probs {
+            if let Some(r) = &t.reference {
+                let bs = t.cfg.batch_size;
+                progress("reference log-probs", 0, t.train.len());
+                t.ref_train = Some(reference_logps(r, &t.train, bs)?);
+                t.ref_eval = Some(reference_logps(r, &t.eval, bs)?);
+                progress("reference log-probs", t.train.len(), t.train.len());
+            }
+        }
+        Ok(t)
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        let all = self.plan.len() as u64;
+        self.cfg.max_steps.map(|m| m.min(all)).unwrap_or(all)
+    }
+
+    pub fn trainable_names(&self) -> Vec<String> {
+        self.vars.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    fn batch(&self, idx: &[usize], eval: bool) -> Result<BatchLogps> {
+        let (data, cache) = if eval { (&self.eval, &self.ref_eval) } else { (&self.train, &self.ref_train) };
+        let pairs: Vec<&TokenPair> = idx.iter().map(|&i| &data[i]).collect();
+        let dev = self.policy.device().clone();
+        let (chosen, rejected, mlc, mlr) = policy_logps(&self.policy, &pairs)?;
+        let (ref_chosen, ref_rejected) = match (cache, &self.reference) {
+            (Some(c), _) => {
+                let (a, b): (Vec<f32>, Vec<f32>) = idx.iter().map(|&i| c[i]).unzip();
+                (Tensor::new(a, &dev)?, Tensor::new(b, &dev)?)
+            }
+            (None, Some(r)) => {
+                let (a, b, _, _) = policy_logps(r, &pairs)?;
+                (a.detach(), b.detach())
+            }
+            (None, None) => (chosen.zeros_like()?, chosen.zeros_like()?),
+        };
+        let (chosen_len, rejected_len) = lens(&pairs, &dev)?;
+        Ok(BatchLogps {
+            x: PairLogps { chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len },
+            mean_logit_chosen: mlc,
+            mean_logit_rejected: mlr,
+        })
+    }
+
+    /// Metrics over the eval pairs (no graph), with TRL's `eval_` prefix.
+    pub fn evaluate(&self) -> Result<Map<String, Value>> {
+        let mut w = Window::default();
+        let losses = self.cfg.weighted_losses()?;
+        let idx: Vec<usize> = (0..self.eval.len()).collect();
+        for chunk in idx.chunks(self.cfg.batch_size) {
+            let b = self.batch(chunk, true)?;
+            let x = detach(&b.x);
+            let loss = combined_loss(&losses, &self.cfg.loss, &x)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            w.add_batch(loss, &BatchLogps { x, ..b }, &self.cfg.loss)?;
+        }
+        Ok(w.take("eval_"))
+    }
+
+    /// Trains from the current step to the end (or `max_steps`), logging to `metrics.jsonl`, saving
+    /// checkpoints, and writing the final model to `final/`.
+    pub fn run(&mut self, mut on_step: impl FnMut(&StepInfo)) -> Result<()> {
+        let losses = self.cfg.weighted_losses()?;
+        let total = self.total_steps();
+        let per_epoch = self.plan.len() as f64 / self.cfg.epochs as f64;
+        let metrics_path = self.out.join("metrics.jsonl");
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("opening {}", metrics_path.display()))?;
+        let mut window = Window::default();
+        let mut grad_norms = Vec::new();
+        while self.step < total {
+            let group = self.plan[self.step as usize].clone();
+            let mut acc: Vec<Option<Tensor>> = vec![None; self.vars.len()];
+            let accum = group.len() as f64;
+            let mut step_loss = 0.0;
+            for micro in &group {
+                let b = self.batch(micro, false)?;
+                let loss = combined_loss(&losses, &self.cfg.loss, &b.x)?;
+                let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !lv.is_finite() {
+                    bail!("loss became {lv} at step {}; lower the learning rate or check the data", self.step + 1);
+                }
+                step_loss += lv / accum;
+                let grads = (loss / accum)?.backward()?;
+                for (slot, (_, v)) in acc.iter_mut().zip(&self.vars) {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        *slot = Some(match slot.take() {
+                            Some(a) => (a + g)?,
+                            None => g.clone(),
+                        });
+                    }
+                }
+                window.add_batch(lv, &b, &self.cfg.loss)?;
+            }
+            let norm = clip_grads(&mut acc, self.cfg.max_grad_norm)?;
+            grad_norms.push(norm);
+            let lr = learning_rate(
+                self.cfg.schedule,
+                self.cfg.learning_rate,
+                self.step,
+                self.cfg.warmup_steps,
+                self.plan.len() as u64,
+            );
+            self.opt.step_with(&acc, lr)?;
+            self.step += 1;
+            if self.cfg.sync_ref_model && self.step.is_multiple_of(self.cfg.ref_model_sync_steps) {
+                self.sync_reference()?;
+            }
+            on_step(&StepInfo { step: self.step, total, loss: step_loss });
+            let last = self.step == total;
+            if self.step.is_multiple_of(self.cfg.logging_steps.max(1)) || last {
+                let mut m = window.take("");
+                m.insert("grad_norm".into(), json!(grad_norms.iter().sum::<f64>() / grad_norms.len() as f64));
+                grad_norms.clear();
+                m.insert("learning_rate".into(), json!(lr));
+                m.insert("epoch".into(), json!(self.step as f64 / per_epoch));
+                m.insert("step".into(), json!(self.step));
+                writeln!(metrics, "{}", Value::Object(m))?;
+            }
+            let epoch_end = (self.step as f64 / per_epoch).fract() < 1e-9;
+            if !self.eval.is_empty() && (epoch_end || last) {
+                let mut m = self.evaluate()?;
+                m.insert("epoch".into(), json!(self.step as f64 / per_epoch));
+                m.insert("step".into(), json!(self.step));
+                writeln!(metrics, "{}", Value::Object(m))?;
+            }
+            if self.cfg.save_steps.is_some_and(|s| self.step.is_multiple_of(s)) || last {
+                self.save_checkpoint()?;
+            }
+        }
+        if self.step >= total {
+            self.save_final()?;
+        }
+        Ok(())
+    }
+
+    /// TR-DPO soft update of the reference: π_ref ← α π + (1 − α) π_ref.
+    fn sync_reference(&mut self) -> Result<()> {
+        let Some(r) = &self.reference else { return Ok(()) };
+        let a = self.cfg.ref_model_mixup_alpha;
+        // With LoRA the policy's effective weights are the merged ones.
+        let pol = self.policy.merged_params()?;
+        let mut p = r.params.clone();
+        for (n, t) in p.tensors.iter_mut() {
+            if let Some(x) = pol.tensors.get(n) {
+                *t = ((x * a)? + (&*t * (1.0 - a))?)?;
+            }
+        }
+        self.reference = Some(r.with_params(p)?);
+        Ok(())
+    }
+
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.out.join(format!("checkpoint-{}", self.step))
+    }
+
+    /// Trainable tensors, optimizer state and trainer state; for full fine-tuning also a loadable HF model.
+    pub fn save_checkpoint(&self) -> Result<()> {
+        let dir = self.checkpoint_dir();
+        let tmp = self.out.join(format!(".checkpoint-{}.partial", self.step));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        let trainable: HashMap<String, Tensor> =
+            self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+        candle_core::safetensors::save(&trainable, tmp.join("trainable.safetensors"))?;
+        let opt: HashMap<String, Tensor> = self.opt.state().into_iter().collect();
+        candle_core::safetensors::save(&opt, tmp.join("optimizer.safetensors"))?;
+        let state = json!({"step": self.step, "total_steps": self.total_steps(), "optimizer_t": self.opt.t,
+            "config": self.cfg, "trainable": self.trainable_names()});
+        std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
+        if let Some(r) = &self.ref_train {
+            std::fs::write(tmp.join("ref_logps.json"), serde_json::to_string(r)?)?;
+        }
+        if self.cfg.lora.is_some() {
+            self.save_adapter(&tmp)?;
+        } else {
+            self.policy.save(&tmp)?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).with_context(|| format!("moving the checkpoint to {}", dir.display()))?;
+        Ok(())
+    }
+
+    /// PEFT-style adapter files: `adapter_model.safetensors` and `adapter_config.json`.
+    fn save_adapter(&self, dir: &Path) -> Result<()> {
+        let l = self.cfg.lora.as_ref().unwrap();
+        let t: HashMap<String, Tensor> =
+            self.vars.iter().map(|(n, v)| (format!("base_model.model.{n}"), v.as_tensor().detach())).collect();
+        candle_core::safetensors::save(&t, dir.join("adapter_model.safetensors"))?;
+        let modules: Vec<String> = self.policy.lora_targets(&l.target_modules);
+        let cfg = json!({"peft_type": "LORA", "r": l.r, "lora_alpha": l.alpha, "target_modules": modules,
+            "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"});
+        std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?)?;
+        Ok(())
+    }
+
+    /// The trained model as an HF directory in `final/` (adapters merged), loadable by `generate`.
+    pub fn save_final(&self) -> Result<()> {
+        let dir = self.out.join("final");
+        let merged = self.policy.with_params(self.policy.merged_params()?)?;
+        merged.save(&dir)?;
+        if self.cfg.lora.is_some() {
+            self.save_adapter(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Continues from a checkpoint written by [`Trainer::save_checkpoint`].
+    pub fn resume(&mut self, ckpt: &Path) -> Result<()> {
+        let state_path = ckpt.join("trainer_state.json");
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
+        )
+        .with_context(|| format!("{}: not valid JSON", state_path.display()))?;
+        let step = state["step"].as_u64().ok_or_else(|| anyhow!("{}: `step` is missing", state_path.display()))?;
+        let t_path = ckpt.join("trainable.safetensors");
+        let t = candle_core::safetensors::load(&t_path, self.policy.device())
+            .map_err(|e| anyhow!("{}: {e}", t_path.display()))?;
+        for (name, v) in &self.vars {
+            let x = t.get(name).ok_or_else(|| anyhow!("{}: tensor `{name}` is missing", t_path.display()))?;
+            if x.dims() != v.dims() {
+                bail!("{}: tensor `{name}` has shape {:?}, the run has {:?}", t_path.display(), x.dims(), v.dims());
+            }
+            v.set(&x.to_dtype(v.dtype())?)?;
+        }
+        let o_path = ckpt.join("optimizer.safetensors");
+        let o = candle_core::safetensors::load(&o_path, self.policy.device())
+            .map_err(|e| anyhow!("{}: {e}", o_path.display()))?;
+        self.opt.load_state(state["optimizer_t"].as_u64().unwrap_or(step), &o)?;
+        self.step = step;
+        // Drop metric lines logged after the checkpoint so the file reads like one run.
+        let mpath = self.out.join("metrics.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&mpath) {
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)
+                })
+                .collect();
+            std::fs::write(&mpath, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+        }
+        Ok(())
+    }
+}
+
+fn detach(x: &PairLogps) -> PairLogps {
+    PairLogps {
+        chosen: x.chosen.detach(),
+        rejected: x.rejected.detach(),
+        ref_chosen: x.ref_chosen.clone(),
+        ref_rejected: x.ref_rejected.clone(),
+        chosen_len: x.chosen_len.clone(),
+        rejected_len: x.rejected_len.clone(),
+    }
+}
+
+/// The latest `checkpoint-N` directory under `out`, if any.
+pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()).map(|n| (n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
+}

@@ -1,0 +1,114 @@
+//! Reading TRL preference files: explicit, implicit and conversational rows, truncation, and bad rows.
+
+use dpo::data::{read_jsonl, shared_prefix, tokenize, Skipped, Truncation};
+use lm::Tokenizer;
+
+fn tok() -> Tokenizer {
+    Tokenizer::byte_level_for_tests(300).unwrap()
+}
+
+fn write(dir: &std::path::Path, name: &str, body: &[u8]) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn implicit_prompt_keeps_the_space_with_the_completion() {
+    let (c, r) = ("The film was great", "The film was awful");
+    let k = shared_prefix(c, r);
+    assert_eq!(&c[..k], "The film was");
+    assert_eq!(&c[k..], " great");
+    assert_eq!(shared_prefix("abc", "xyz"), 0);
+}
+
+#[test]
+fn reads_explicit_implicit_and_conversational_rows() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "prefs.jsonl",
+        concat!(
+            "{\"prompt\": \"Q:\", \"chosen\": \" yes\", \"rejected\": \" no\"}\n",
+            "\n",
+            "{\"chosen\": \"The film was great\", \"rejected\": \"The film was awful\"}\n",
+            "{\"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], \"chosen\": [{\"role\": \"assistant\", \"content\": \"hello\"}], \"rejected\": [{\"role\": \"assistant\", \"content\": \"go away\"}]}\n",
+            "{\"chosen\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"A\"}], \"rejected\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"B\"}]}\n",
+            "{\"prompt\": \"same\", \"chosen\": \" x\", \"rejected\": \" x\"}\n",
+        )
+        .as_bytes(),
+    );
+    let (pairs, skipped) = read_jsonl(&p, &tok()).unwrap();
+    assert_eq!(pairs.len(), 4);
+    assert_eq!(skipped.identical, vec![6], "the identical pair on line 6 is skipped and counted");
+    assert_eq!((pairs[0].line, pairs[0].prompt.as_str(), pairs[0].chosen.as_str()), (1, "Q:", " yes"));
+    assert_eq!((pairs[1].line, pairs[1].prompt.as_str(), pairs[1].rejected.as_str()), (3, "The film was", " awful"));
+    // Conversational: the prompt is rendered with the generation prompt, the completion is the rest.
+    assert_eq!(pairs[2].prompt, "<|user|>hi\n<|assistant|>");
+    assert_eq!(pairs[2].chosen, "<|assistant|>hello\n".strip_prefix("<|assistant|>").unwrap());
+    assert!(pairs[2].templated);
+    assert_eq!(pairs[3].prompt, pairs[2].prompt, "implicit conversational prompt = shared leading messages");
+    assert_eq!(pairs[3].chosen, "A\n");
+    assert!(skipped.describe(&p).contains("line"));
+}
+
+#[test]
+fn bad_rows_name_the_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let t = tok();
+    let cases: [(&str, &[u8], &str); 5] = [
+        (
+            "missing.jsonl",
+            b"{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": \"b\"}\n",
+            "missing.jsonl:2: column `rejected` is missing",
+        ),
+        (
+            "empty.jsonl",
+            b"{\"prompt\": \"a\", \"chosen\": \"\", \"rejected\": \"c\"}\n",
+            "empty.jsonl:1: column `chosen` is an empty completion",
+        ),
+        (
+            "utf8.jsonl",
+            b"{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n\xc3\x28\n",
+            "utf8.jsonl:2: not valid UTF-8",
+        ),
+        ("json.jsonl", b"{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \n", "json.jsonl:1: not valid JSON"),
+        (
+            "type.jsonl",
+            b"{\"prompt\": 3, \"chosen\": \"b\", \"rejected\": \"c\"}\n",
+            "type.jsonl:1: column `prompt` must be a string",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let p = write(d.path(), name, body);
+        let e = read_jsonl(&p, &t).unwrap_err().to_string();
+        assert!(e.contains(want), "{name}: {e}");
+    }
+    let p = write(d.path(), "allsame.jsonl", b"{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"b\"}\n");
+    assert!(read_jsonl(&p, &t).unwrap_err().to_string().contains("no usable preference pairs"));
+}
+
+#[test]
+fn truncation_keeps_start_or_end() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "t.jsonl", b"{\"prompt\": \"0123456789\", \"chosen\": \"abcdef\", \"rejected\": \"uv\"}\n{\"prompt\": \"0123456789ABCDEF\", \"chosen\": \"x\", \"rejected\": \"y\"}\n");
+    let t = tok();
+    let (pairs, mut skipped) = read_jsonl(&p, &t).unwrap();
+    // keep_start, max_length 14: the chosen completion loses its end; the second pair's prompt alone
+    // fills the budget, so it is skipped and counted.
+    let out = tokenize(&pairs, &t, 14, None, Truncation::KeepStart, &mut skipped).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].prompt.len(), 10);
+    assert_eq!(t.decode(&out[0].chosen, false).unwrap(), "abcd");
+    assert_eq!(t.decode(&out[0].rejected, false).unwrap(), "uv");
+    assert_eq!(skipped.truncated_away, vec![2]);
+    // keep_end: the prompt loses its start instead, completions stay whole.
+    let mut s = Skipped::default();
+    let out = tokenize(&pairs, &t, 14, None, Truncation::KeepEnd, &mut s).unwrap();
+    assert_eq!(t.decode(&out[0].prompt, false).unwrap(), "23456789");
+    assert_eq!(t.decode(&out[0].chosen, false).unwrap(), "abcdef");
+    assert_eq!(t.decode(&out[1].prompt, false).unwrap(), "3456789ABCDEF");
+    // max_prompt_length cuts the prompt to its last tokens first.
+    let out = tokenize(&pairs, &t, 100, Some(3), Truncation::KeepStart, &mut s).unwrap();
+    assert_eq!(t.decode(&out[0].prompt, false).unwrap(), "789");
+}

@@ -1,0 +1,232 @@
+//! The trainer end to end on tiny models: it learns a synthetic preference, LoRA leaves the base alone,
+//! and a resumed run ends exactly where the uninterrupted run ends.
+
+use candle_core::{DType, Tensor};
+use dpo::data::TokenPair;
+use dpo::loss::LossType;
+use dpo::optim::{OptimizerKind, OptimizerParams, Schedule};
+use dpo::train::{latest_checkpoint, LoraConfig, TrainConfig, Trainer};
+use lm::testing::tiny_model;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// Pairs whose chosen completion is made of lowercase vowels and rejected of the letters "xyzqw": a
+/// preference the model can only learn from the labels.
+fn synthetic(n: usize, seed: u64) -> Vec<TokenPair> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let pick = |rng: &mut StdRng, set: &[u8], k: usize| -> Vec<u32> {
+        (0..k).map(|_| set[rng.random_range(0..set.len())] as u32).collect()
+    };
+    (0..n)
+        .map(|i| TokenPair {
+            line: i + 1,
+            prompt: (0..rng.random_range(3..7)).map(|_| rng.random_range(65..91)).collect(),
+            chosen: pick(&mut rng, b"aeiou", 5),
+            rejected: pick(&mut rng, b"xyzqw", 5),
+        })
+        .collect()
+}
+
+fn cfg() -> TrainConfig {
+    TrainConfig {
+        loss_type: vec![LossType::Sigmoid],
+        learning_rate: 3e-3,
+        schedule: Schedule::Constant,
+        epochs: 4,
+        batch_size: 8,
+        gradient_accumulation_steps: 2,
+        optimizer: OptimizerParams { kind: OptimizerKind::Adamw, ..Default::default() },
+        logging_steps: 2,
+        seed: 7,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_tiny_model_learns_a_synthetic_preference() {
+    let out = tempfile::tempdir().unwrap();
+    let model = tiny_model("llama", 1, DType::F32).unwrap();
+    let mut t = Trainer::new(cfg(), model, synthetic(64, 1), synthetic(32, 2), out.path(), |_, _, _| {}).unwrap();
+    let before = t.evaluate().unwrap();
+    t.run(|_| {}).unwrap();
+    let after = t.evaluate().unwrap();
+    let acc = after["eval_rewards/accuracies"].as_f64().unwrap();
+    assert!(acc > 0.9, "held-out reward accuracy {acc} (before training {})", before["eval_rewards/accuracies"]);
+    assert!(after["eval_loss"].as_f64().unwrap() < before["eval_loss"].as_f64().unwrap());
+    // Metrics use TRL's names, one line per logging step plus eval lines.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for key in [
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+        "logits/chosen",
+        "logits/rejected",
+        "grad_norm",
+        "learning_rate",
+        "epoch",
+    ] {
+        assert!(lines[0].get(key).is_some(), "metric {key} missing: {}", lines[0]);
+    }
+    assert!(lines.iter().any(|l| l.get("eval_rewards/accuracies").is_some()));
+    // The final model loads as an HF directory.
+    let back = lm::LanguageModel::load(&out.path().join("final"), &candle_core::Device::Cpu, DType::F32).unwrap();
+    assert_eq!(back.config.num_layers, 2);
+}
+
+#[test]
+fn lora_trains_adapters_and_leaves_the_base_untouched() {
+    let out = tempfile::tempdir().unwrap();
+    let model = tiny_model("qwen2", 2, DType::F32).unwrap();
+    let base: Vec<(String, Vec<f32>)> =
+        model.params.tensors.iter().map(|(n, t)| (n.clone(), t.flatten_all().unwrap().to_vec1().unwrap())).collect();
+    let c = TrainConfig {
+        lora: Some(LoraConfig { r: 4, alpha: 8.0, target_modules: vec!["q_proj".into(), "v_proj".into()] }),
+        epochs: 2,
+        ..cfg()
+    };
+    let mut t = Trainer::new(c, model, synthetic(32, 3), vec![], out.path(), |_, _, _| {}).unwrap();
+    let names = t.trainable_names();
+    assert!(names.iter().all(|n| n.contains(".lora_")) && names.len() == 2 * 2 * 2, "{names:?}");
+    t.run(|_| {}).unwrap();
+    for (n, w) in &base {
+        let now: Vec<f32> = t.policy.params.tensors[n].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(&now, w, "base weight {n} changed");
+    }
+    let b: f32 = t.policy.params.tensors["model.layers.0.self_attn.q_proj.lora_B.weight"]
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(b > 0.0, "LoRA B never moved");
+    // The merged export differs from the base where adapters sit, and only there.
+    let merged = lm::LanguageModel::load(&out.path().join("final"), &candle_core::Device::Cpu, DType::F32).unwrap();
+    let diff = |n: &str| -> f32 {
+        let a = &merged.params.tensors[n];
+        let w = Tensor::new(base.iter().find(|(m, _)| m == n).unwrap().1.clone(), &candle_core::Device::Cpu).unwrap();
+        (a.flatten_all().unwrap() - w).unwrap().abs().unwrap().sum_all().unwrap().to_scalar().unwrap()
+    };
+    assert!(diff("model.layers.0.self_attn.q_proj.weight") > 0.0);
+    assert_eq!(diff("model.layers.0.self_attn.k_proj.weight"), 0.0);
+    assert!(out.path().join("final/adapter_model.safetensors").exists());
+}
+
+fn trained_weights(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+    t.trainable_names()
+        .into_iter()
+        .map(|n| {
+            let v = t.policy.params.tensors[&n].flatten_all().unwrap().to_vec1().unwrap();
+            (n, v)
+        })
+        .collect()
+}
+
+#[test]
+fn resume_ends_where_the_uninterrupted_run_ends() {
+    for lora in [None, Some(LoraConfig { r: 2, alpha: 4.0, target_modules: vec![] })] {
+        let c = TrainConfig { lora: lora.clone(), save_steps: Some(3), ..cfg() };
+        let (train, eval) = (synthetic(40, 5), synthetic(8, 6));
+        let full_dir = tempfile::tempdir().unwrap();
+        let mut full = Trainer::new(
+            c.clone(),
+            tiny_model("gpt2", 3, DType::F32).unwrap(),
+            train.clone(),
+            eval.clone(),
+            full_dir.path(),
+            |_, _, _| {},
+        )
+        .unwrap();
+        full.run(|_| {}).unwrap();
+        let total = full.step;
+
+        // Stop after 3 steps (as if killed after the checkpoint), then resume in a fresh trainer.
+        let dir = tempfile::tempdir().unwrap();
+        let stop = TrainConfig { max_steps: Some(3), ..c.clone() };
+        let mut first = Trainer::new(
+            stop,
+            tiny_model("gpt2", 3, DType::F32).unwrap(),
+            train.clone(),
+            eval.clone(),
+            dir.path(),
+            |_, _, _| {},
+        )
+        .unwrap();
+        first.run(|_| {}).unwrap();
+        assert_eq!(first.step, 3);
+        let ckpt = latest_checkpoint(dir.path()).unwrap();
+        assert!(ckpt.ends_with("checkpoint-3"));
+        let mut second =
+            Trainer::new(c.clone(), tiny_model("gpt2", 3, DType::F32).unwrap(), train, eval, dir.path(), |_, _, _| {})
+                .unwrap();
+        second.resume(&ckpt).unwrap();
+        second.run(|_| {}).unwrap();
+        assert_eq!(second.step, total);
+        assert_eq!(
+            trained_weights(&second),
+            trained_weights(&full),
+            "resumed run ended elsewhere (lora: {})",
+            lora.is_some()
+        );
+        // The metrics file reads like one run: steps strictly increasing (none logged twice), every step the
+        // uninterrupted run logged present (the stopped run also logged its last step, 3).
+        let steps = |p: &std::path::Path| -> Vec<u64> {
+            std::fs::read_to_string(p.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v.get("loss").is_some())
+                .map(|v| v["step"].as_u64().unwrap())
+                .collect()
+        };
+        let (resumed, whole) = (steps(dir.path()), steps(full_dir.path()));
+        assert!(resumed.windows(2).all(|w| w[0] < w[1]), "{resumed:?}");
+        assert!(whole.iter().all(|s| resumed.contains(s)), "{resumed:?} vs {whole:?}");
+    }
+}
+
+#[test]
+fn reference_cache_gives_the_same_training_as_live_reference() {
+    let run = |precompute: bool| -> Vec<(String, Vec<f32>)> {
+        let out = tempfile::tempdir().unwrap();
+        let c = TrainConfig { precompute_ref_log_probs: precompute, epochs: 1, ..cfg() };
+        let mut t = Trainer::new(
+            c,
+            tiny_model("gemma3", 4, DType::F32).unwrap(),
+            synthetic(16, 7),
+            vec![],
+            out.path(),
+            |_, _, _| {},
+        )
+        .unwrap();
+        t.run(|_| {}).unwrap();
+        trained_weights(&t)
+    };
+    let (a, b) = (run(true), run(false));
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(d < 1e-5, "{n}: cached and live reference differ by {d}");
+    }
+}
+
+#[test]
+fn bad_configs_are_rejected() {
+    let out = tempfile::tempdir().unwrap();
+    let m = || tiny_model("llama", 1, DType::F32).unwrap();
+    let c = TrainConfig { loss_weights: Some(vec![1.0, 2.0]), ..cfg() };
+    let e = Trainer::new(c, m(), synthetic(4, 1), vec![], out.path(), |_, _, _| {}).err().unwrap();
+    assert!(e.to_string().contains("loss_weights"), "{e}");
+    let c =
+        TrainConfig { lora: Some(LoraConfig { target_modules: vec!["nope".into()], ..Default::default() }), ..cfg() };
+    let e = Trainer::new(c, m(), synthetic(4, 1), vec![], out.path(), |_, _, _| {}).err().unwrap();
+    assert!(e.to_string().contains("nope"), "{e}");
+    let e = toml::from_str::<TrainConfig>("learning_rat = 1e-5").unwrap_err();
+    assert!(e.to_string().contains("learning_rat"), "{e}");
+}
