@@ -118,3 +118,115 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
     println!("baseline = the same work with trainable weights (autograd graph built, differentiable ops)");
     Ok(())
 }
+
+#[derive(Args)]
+pub struct DpoBenchArgs {
+    /// Model shapes: tiny, smollm2-135m (comma-separated)
+    #[arg(long, default_value = "smollm2-135m")]
+    shapes: String,
+    /// Pairs per optimizer step
+    #[arg(long, default_value_t = 2)]
+    pairs: usize,
+    /// Tokens per sequence (half prompt, half completion)
+    #[arg(long, default_value_t = 64)]
+    seq_len: usize,
+    /// Timed optimizer steps (after one warm-up step)
+    #[arg(long, default_value_t = 2)]
+    steps: u64,
+    /// Internal: run one configuration in this process and print a JSON line
+    #[arg(long, hide = true)]
+    one: Option<String>,
+}
+
+/// The configurations measured, as (name, LoRA?, reference cache?); the first is the baseline: full
+/// fine-tuning with a live reference forward every step, what TRL's DPOTrainer does by default.
+const DPO_MODES: [(&str, bool, bool); 4] =
+    [("full, live ref", false, false), ("full, ref cache", false, true), ("lora, live ref", true, false), ("lora, ref cache", true, true)];
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn dpo_one(a: &DpoBenchArgs, shape_name: &str, mode: usize) -> Result<serde_json::Value> {
+    use dpo::data::TokenPair;
+    use dpo::train::{LoraConfig, TrainConfig, Trainer};
+    let cfg = shape(shape_name)?;
+    let tok = lm::tokenizer::Tokenizer::byte_level_for_tests(cfg.vocab_size)?;
+    let model = LanguageModel::random(cfg.clone(), tok, 0, DType::F32, &candle_core::Device::Cpu)?;
+    let (_, lora, cache) = DPO_MODES[mode];
+    let half = a.seq_len / 2;
+    let n = a.pairs * (a.steps as usize + 1);
+    let pairs: Vec<TokenPair> = (0..n)
+        .map(|i| {
+            let r = |k: usize, off: usize| -> Vec<u32> { (0..k).map(|j| ((i * 7919 + j * 31 + off) % cfg.vocab_size) as u32).collect() };
+            TokenPair { line: i + 1, prompt: r(half, 1), chosen: r(a.seq_len - half, 2), rejected: r(a.seq_len - half, 3) }
+        })
+        .collect();
+    let tc = TrainConfig {
+        batch_size: a.pairs,
+        learning_rate: 1e-5,
+        precompute_ref_log_probs: cache,
+        lora: lora.then(LoraConfig::default),
+        logging_steps: 1000,
+        ..Default::default()
+    };
+    let out = std::env::temp_dir().join(format!("activepref-bench-dpo-{}", std::process::id()));
+    let t0 = Instant::now();
+    let mut t = Trainer::new(tc, model, pairs, vec![], &out, |_, _, _| {})?;
+    let setup = t0.elapsed().as_secs_f64();
+    let mut marks = Vec::new();
+    t.run(|_| marks.push(Instant::now()))?;
+    let _ = std::fs::remove_dir_all(&out);
+    // Steady state: from the end of the warm-up step to the end of the last.
+    let secs = marks.last().unwrap().duration_since(marks[0]).as_secs_f64();
+    let tokens = (a.steps as usize * a.pairs * 2 * a.seq_len) as f64;
+    Ok(serde_json::json!({"tokens_per_s": tokens / secs, "setup_s": setup, "peak_rss_mib": peak_rss_mib()}))
+}
+
+pub fn dpo(a: DpoBenchArgs) -> Result<()> {
+    if let Some(one) = &a.one {
+        let (shape_name, mode) = one.split_once(':').ok_or_else(|| anyhow::anyhow!("--one SHAPE:MODE"))?;
+        println!("{}", dpo_one(&a, shape_name, mode.parse()?)?);
+        return Ok(());
+    }
+    println!(
+        "activepref bench dpo — cpu, {} threads, {} pairs × {} tokens per step, {} timed steps",
+        candle_core::utils::get_num_threads(),
+        a.pairs,
+        a.seq_len,
+        a.steps
+    );
+    println!("{:<14} {:<18} {:>10} {:>8} {:>14} {:>10}", "shape", "mode", "tokens/s", "ratio", "peak RSS MiB", "setup s");
+    let exe = std::env::current_exe()?;
+    for name in a.shapes.split(',') {
+        let mut base = None;
+        for (m, (mode, _, _)) in DPO_MODES.iter().enumerate() {
+            let out = std::process::Command::new(&exe)
+                .args(["bench", "dpo", "--pairs", &a.pairs.to_string(), "--seq-len", &a.seq_len.to_string()])
+                .args(["--steps", &a.steps.to_string(), "--one", &format!("{}:{m}", name.trim())])
+                .output()?;
+            if !out.status.success() {
+                bail!("{name} {mode}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let tps = v["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+            let b = *base.get_or_insert(tps);
+            println!(
+                "{:<14} {:<18} {:>10.1} {:>7.2}x {:>14.0} {:>10.1}",
+                name,
+                mode,
+                tps,
+                tps / b,
+                v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+                v["setup_s"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    println!("baseline = full fine-tuning with a live reference forward every step (TRL's default); setup includes the reference cache");
+    Ok(())
+}

@@ -66,6 +66,8 @@ enum AssetsAction {
 enum BenchWhat {
     /// Forward, forward+backward and decode throughput of the language-model core.
     Lm(bench::LmBenchArgs),
+    /// DPO training throughput and peak memory: full vs LoRA, with and without the reference cache.
+    Dpo(bench::DpoBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -436,6 +438,7 @@ fn main() {
             Ok(())
         })(),
         Command::Bench { what: BenchWhat::Lm(a) } => bench::lm(a),
+        Command::Bench { what: BenchWhat::Dpo(a) } => bench::dpo(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
