@@ -140,8 +140,12 @@ pub struct DpoBenchArgs {
 
 /// The configurations measured, as (name, LoRA?, reference cache?); the first is the baseline: full
 /// fine-tuning with a live reference forward every step, what TRL's DPOTrainer does by default.
-const DPO_MODES: [(&str, bool, bool); 4] =
-    [("full, live ref", false, false), ("full, ref cache", false, true), ("lora, live ref", true, false), ("lora, ref cache", true, true)];
+const DPO_MODES: [(&str, bool, bool); 4] = [
+    ("full, live ref", false, false),
+    ("full, ref cache", false, true),
+    ("lora, live ref", true, false),
+    ("lora, ref cache", true, true),
+];
 
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -163,8 +167,15 @@ fn dpo_one(a: &DpoBenchArgs, shape_name: &str, mode: usize) -> Result<serde_json
     let n = a.pairs * (a.steps as usize + 1);
     let pairs: Vec<TokenPair> = (0..n)
         .map(|i| {
-            let r = |k: usize, off: usize| -> Vec<u32> { (0..k).map(|j| ((i * 7919 + j * 31 + off) % cfg.vocab_size) as u32).collect() };
-            TokenPair { line: i + 1, prompt: r(half, 1), chosen: r(a.seq_len - half, 2), rejected: r(a.seq_len - half, 3) }
+            let r = |k: usize, off: usize| -> Vec<u32> {
+                (0..k).map(|j| ((i * 7919 + j * 31 + off) % cfg.vocab_size) as u32).collect()
+            };
+            TokenPair {
+                line: i + 1,
+                prompt: r(half, 1),
+                chosen: r(a.seq_len - half, 2),
+                rejected: r(a.seq_len - half, 3),
+            }
         })
         .collect();
     let tc = TrainConfig {
@@ -201,7 +212,10 @@ pub fn dpo(a: DpoBenchArgs) -> Result<()> {
         a.seq_len,
         a.steps
     );
-    println!("{:<14} {:<18} {:>10} {:>8} {:>14} {:>10}", "shape", "mode", "tokens/s", "ratio", "peak RSS MiB", "setup s");
+    println!(
+        "{:<14} {:<18} {:>10} {:>8} {:>14} {:>10}",
+        "shape", "mode", "tokens/s", "ratio", "peak RSS MiB", "setup s"
+    );
     let exe = std::env::current_exe()?;
     for name in a.shapes.split(',') {
         let mut base = None;

@@ -154,7 +154,7 @@ struct GenerateArgs {
 struct DpoArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Preference pairs, JSONL: {prompt, chosen, rejected} (strings or chat messages) or {chosen, rejected}
+    /// Preference pairs, JSONL or .parquet: {prompt, chosen, rejected} (strings or chat messages) or {chosen, rejected}
     #[arg(long)]
     data: PathBuf,
     /// Held-out pairs in the same format; eval_* metrics are logged at each epoch end

@@ -1,4 +1,4 @@
-//! Preference data in TRL's formats, read from JSONL, tokenised and truncated for training.
+//! Preference data in TRL's formats, read from JSONL or Parquet, tokenised and truncated for training.
 //!
 //! Accepted rows (TRL's preference dataset types):
 //! - explicit prompt: `{"prompt": str, "chosen": str, "rejected": str}`
@@ -103,7 +103,42 @@ fn messages(v: &Value) -> Option<&Vec<Value>> {
     v.as_array().filter(|a| a.iter().all(|m| m.get("role").is_some() && m.get("content").is_some()))
 }
 
-/// Reads a JSONL preference file into text pairs (conversational rows rendered with `tok`'s template).
+/// Reads a preference file, JSONL or (by its `.parquet` extension) Parquet, into text pairs
+/// (conversational rows rendered with `tok`'s template).
+pub fn read_preferences(path: &Path, tok: &Tokenizer) -> Result<(Vec<TextPair>, Skipped)> {
+    if path.extension().is_some_and(|e| e == "parquet") {
+        read_parquet(path, tok)
+    } else {
+        read_jsonl(path, tok)
+    }
+}
+
+/// Adds one parsed row (1-based `n`) to the pairs or the skip counts; `loc` names it in errors.
+fn add_row(
+    v: &Value,
+    n: usize,
+    loc: &str,
+    tok: &Tokenizer,
+    out: &mut Vec<TextPair>,
+    skipped: &mut Skipped,
+) -> Result<()> {
+    let pair = parse_row(v, tok).map_err(|e| anyhow!("{loc}: {e}"))?;
+    if pair.chosen == pair.rejected {
+        skipped.identical.push(n);
+    } else {
+        out.push(TextPair { line: n, ..pair });
+    }
+    Ok(())
+}
+
+fn finish(path: &Path, out: Vec<TextPair>, skipped: Skipped) -> Result<(Vec<TextPair>, Skipped)> {
+    if out.is_empty() {
+        bail!("{}: no usable preference pairs ({} rows skipped)", path.display(), skipped.total());
+    }
+    Ok((out, skipped))
+}
+
+/// Reads a JSONL preference file; errors name `file:line`.
 pub fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<(Vec<TextPair>, Skipped)> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
@@ -117,18 +152,26 @@ pub fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<(Vec<TextPair>, Skippe
         }
         let v: Value =
             serde_json::from_str(&text).map_err(|e| anyhow!("{}:{n}: not valid JSON ({e})", path.display()))?;
-        let pair = parse_row(&v, tok).map_err(|e| anyhow!("{}:{n}: {e}", path.display()))?;
-        let pair = TextPair { line: n, ..pair };
-        if pair.chosen == pair.rejected {
-            skipped.identical.push(n);
-            continue;
-        }
-        out.push(pair);
+        add_row(&v, n, &format!("{}:{n}", path.display()), tok, &mut out, &mut skipped)?;
     }
-    if out.is_empty() {
-        bail!("{}: no usable preference pairs ({} rows skipped)", path.display(), skipped.total());
+    finish(path, out, skipped)
+}
+
+/// Reads a Parquet preference file (snappy, zstd or gzip pages); errors name `file row N` (1-based).
+pub fn read_parquet(path: &Path, tok: &Tokenizer) -> Result<(Vec<TextPair>, Skipped)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let reader =
+        SerializedFileReader::new(f).map_err(|e| anyhow!("{}: not a readable Parquet file ({e})", path.display()))?;
+    let rows = reader.get_row_iter(None).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    let mut skipped = Skipped::default();
+    for (i, row) in rows.enumerate() {
+        let n = i + 1;
+        let row = row.map_err(|e| anyhow!("{} row {n}: {e}", path.display()))?;
+        add_row(&row.to_json_value(), n, &format!("{} row {n}", path.display()), tok, &mut out, &mut skipped)?;
     }
-    Ok((out, skipped))
+    finish(path, out, skipped)
 }
 
 fn parse_row(v: &Value, tok: &Tokenizer) -> Result<TextPair> {

@@ -112,3 +112,31 @@ fn truncation_keeps_start_or_end() {
     let out = tokenize(&pairs, &t, 100, Some(3), Truncation::KeepStart, &mut s).unwrap();
     assert_eq!(t.decode(&out[0].prompt, false).unwrap(), "789");
 }
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// Fixtures written by pyarrow (scripts/make_parquet_fixtures.py), an independent Parquet writer.
+#[test]
+fn reads_parquet_written_by_pyarrow() {
+    let t = tok();
+    for f in ["explicit.snappy.parquet", "explicit.zstd.parquet"] {
+        let (pairs, skipped) = dpo::data::read_preferences(&fixture(f), &t).unwrap();
+        assert_eq!(pairs.len(), 2, "{f}");
+        assert_eq!(
+            (pairs[1].prompt.as_str(), pairs[1].chosen.as_str(), pairs[1].rejected.as_str()),
+            ("The film was", " great", " awful")
+        );
+        assert_eq!(skipped.identical, vec![3], "{f}: row 3 has chosen == rejected");
+    }
+    let (pairs, _) = dpo::data::read_preferences(&fixture("conversational.parquet"), &t).unwrap();
+    assert_eq!(pairs[0].prompt, "<|user|>hi\n<|assistant|>");
+    assert_eq!(pairs[0].chosen, "hello\n");
+    let e = dpo::data::read_preferences(&fixture("missing_rejected.parquet"), &t).unwrap_err().to_string();
+    assert!(e.contains("missing_rejected.parquet row 1") && e.contains("`rejected`"), "{e}");
+    let d = tempfile::tempdir().unwrap();
+    let bogus = write(d.path(), "bogus.parquet", b"PAR1 not really");
+    let e = dpo::data::read_preferences(&bogus, &t).unwrap_err().to_string();
+    assert!(e.contains("bogus.parquet") && e.contains("not a readable Parquet file"), "{e}");
+}
