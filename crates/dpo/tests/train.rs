@@ -230,3 +230,61 @@ fn bad_configs_are_rejected() {
     let e = toml::from_str::<TrainConfig>("learning_rat = 1e-5").unwrap_err();
     assert!(e.to_string().contains("learning_rat"), "{e}");
 }
+
+#[test]
+fn gradient_accumulation_equals_one_big_batch() {
+    // 2 micro-batches of 4 with accumulation = one batch of 8: same pairs per step, same mean loss.
+    let run = |batch: usize, accum: usize| -> Vec<(String, Vec<f32>)> {
+        let out = tempfile::tempdir().unwrap();
+        let c = TrainConfig { batch_size: batch, gradient_accumulation_steps: accum, epochs: 1, ..cfg() };
+        let mut t = Trainer::new(
+            c,
+            tiny_model("llama", 9, DType::F32).unwrap(),
+            synthetic(16, 8),
+            vec![],
+            out.path(),
+            |_, _, _| {},
+        )
+        .unwrap();
+        t.run(|_| {}).unwrap();
+        assert_eq!(t.step, 2);
+        trained_weights(&t)
+    };
+    let (a, b) = (run(4, 2), run(8, 1));
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(d < 1e-5, "{n}: accumulation differs from the big batch by {d}");
+    }
+}
+
+#[test]
+fn same_seed_same_run_and_tr_dpo_sync_moves_the_reference() {
+    let run = |sync: bool, seed: u64| -> Vec<(String, Vec<f32>)> {
+        let out = tempfile::tempdir().unwrap();
+        let c = TrainConfig {
+            sync_ref_model: sync,
+            precompute_ref_log_probs: !sync,
+            ref_model_sync_steps: 1,
+            lora: Some(LoraConfig { r: 2, alpha: 4.0, target_modules: vec![] }),
+            epochs: 2,
+            seed,
+            ..cfg()
+        };
+        let mut t = Trainer::new(
+            c,
+            tiny_model("llama", 10, DType::F32).unwrap(),
+            synthetic(16, 9),
+            vec![],
+            out.path(),
+            |_, _, _| {},
+        )
+        .unwrap();
+        t.run(|_| {}).unwrap();
+        trained_weights(&t)
+    };
+    let plain = run(false, 1);
+    assert_eq!(plain, run(false, 1), "same seed, different weights");
+    assert_ne!(plain, run(false, 2), "the seed changed nothing");
+    // With the reference pulled toward the policy after every step, the DPO gradients change.
+    assert_ne!(plain, run(true, 1), "TR-DPO sync had no effect");
+}
