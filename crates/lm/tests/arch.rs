@@ -235,3 +235,31 @@ fn gguf_quantisations_dequantise_close_to_the_weights() {
         assert!(d < rel * scale, "{q:?}: logits moved by {d}, more than {rel} × {scale}");
     }
 }
+
+#[test]
+fn lora_gradients_through_frozen_weights_equal_the_plain_path() {
+    for kind in TINY_KINDS {
+        let mut a = tiny_model(kind, 13, DType::F64).unwrap();
+        let va = a.add_lora(2, 4.0, &[], 1).unwrap();
+        // B starts at zero (so A's gradient would be zero); give it values to test both.
+        for (i, (n, v)) in va.iter().enumerate() {
+            if n.contains("lora_B") {
+                let k = v.elem_count();
+                let vals: Vec<f64> = (0..k).map(|j| ((i * 31 + j * 7) % 13) as f64 * 0.01 - 0.06).collect();
+                v.set(&Tensor::from_vec(vals, v.shape(), &Device::Cpu).unwrap()).unwrap();
+            }
+        }
+        // The same numbers with every weight trainable: candle's plain matmul backward.
+        let mut b = a.with_params(a.params.clone()).unwrap();
+        let vb = b.make_trainable(|_| true).unwrap();
+        let (ga, gb) = (loss(&a).backward().unwrap(), loss(&b).backward().unwrap());
+        assert!((loss(&a).to_scalar::<f64>().unwrap() - loss(&b).to_scalar::<f64>().unwrap()).abs() < 1e-12);
+        for (n, v) in &va {
+            let x = ga.get(v.as_tensor()).unwrap_or_else(|| panic!("{kind}: no gradient for {n}"));
+            let y = gb.get(vb[n].as_tensor()).unwrap();
+            let d: f64 = (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            let s: f64 = y.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(d <= 1e-10 * s.max(1.0) && s > 0.0, "{kind} {n}: frozen path gradient differs by {d} (scale {s})");
+        }
+    }
+}

@@ -9,9 +9,10 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 
-/// Whether an op over these tensors must be differentiable.
+/// Whether an op over these tensors must use the differentiable primitives: some input is in a graph,
+/// or the dtype is one candle's fused kernels lack (f64, used by the gradient checks).
 fn tracks(ts: &[&Tensor]) -> bool {
-    ts.iter().any(|t| t.track_op())
+    ts.iter().any(|t| t.track_op() || t.dtype() == DType::F64)
 }
 
 /// A low-rank adapter (Hu et al. 2021, "LoRA", arXiv 2106.09685): `ΔW = scale · B A`, `A` `(r, in)`,
@@ -61,7 +62,12 @@ impl Linear {
         let in_dim = *dims.last().unwrap();
         let rows = x.elem_count() / in_dim;
         let w = if x.dtype() != w.dtype() { w.to_dtype(x.dtype())? } else { w.clone() };
-        let y = x.reshape((rows, in_dim))?.matmul(&w.t()?)?; // (rows, out)
+        let x2 = x.reshape((rows, in_dim))?; // (rows, in)
+        let y = if Self::frozen_path(x, &w) {
+            x2.contiguous()?.apply_op1(FrozenMatmul { w: w.detach() })?
+        } else {
+            x2.matmul(&w.t()?)?
+        }; // (rows, out)
         let mut out = dims;
         *out.last_mut().unwrap() = y.dim(1)?;
         y.reshape(out) // (..., out)
@@ -81,7 +87,61 @@ impl Module for Linear {
     }
 }
 
+/// `x Wᵀ` for a frozen `W` as one graph node whose backward returns only the input's gradient.
+///
+/// candle's `matmul` backward computes the gradient of both operands unconditionally, so with LoRA every
+/// frozen base weight (the 49,152 × 576 head included) would get a full-size gradient that nothing uses:
+/// memory and a third of the backward FLOPs. The forward copies the input out of its storage and the result
+/// back (cheap next to the matmul). CPU only; other devices use the plain matmul.
+struct FrozenMatmul {
+    /// `(out, in)`
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let (rows, inp) = l.shape().dims2()?;
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("frozen-matmul needs a contiguous input")
+        };
+        let x = match s {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], (rows, inp), &candle_core::Device::Cpu)?,
+            CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], (rows, inp), &candle_core::Device::Cpu)?,
+            _ => candle_core::bail!("frozen-matmul supports f32 and f64"),
+        };
+        let y = x.matmul(&self.w.t()?)?; // (rows, out)
+        let shape = y.shape().clone();
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(y.flatten_all()?.to_vec1()?),
+            _ => CpuStorage::F64(y.flatten_all()?.to_vec1()?),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w)?)) // (rows, out) @ (out, in)
+    }
+}
+
 impl Linear {
+    /// Whether `x Wᵀ` should skip the weight's gradient: the input is in a graph, the weight is frozen.
+    fn frozen_path(x: &Tensor, w: &Tensor) -> bool {
+        x.track_op()
+            && !w.track_op()
+            && x.device().is_cpu()
+            && w.dtype() == x.dtype()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+    }
+
     fn plain_with_bias(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.plain(x, &self.weight)?;
         match &self.bias {
