@@ -129,6 +129,23 @@ fn trained_weights(t: &Trainer) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// Trains a fresh tiny model of `kind` (weights seeded by `seed`) on `train` to the end of `c`.
+fn train_tiny(c: TrainConfig, kind: &str, seed: u64, train: Vec<TokenPair>) -> Trainer {
+    let out = tempfile::tempdir().unwrap();
+    let mut t =
+        Trainer::new(c, tiny_model(kind, seed, DType::F32).unwrap(), train, vec![], out.path(), |_, _, _| {}).unwrap();
+    t.run(|_| {}).unwrap();
+    t
+}
+
+/// Every trained tensor of `a` within `tol` of `b`'s.
+fn assert_close(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], tol: f32, what: &str) {
+    for ((n, x), (_, y)) in a.iter().zip(b) {
+        let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(d < tol, "{n}: {what} differ by {d}");
+    }
+}
+
 #[test]
 fn resume_ends_where_the_uninterrupted_run_ends() {
     for lora in [None, Some(LoraConfig { r: 2, alpha: 4.0, target_modules: vec![] })] {
@@ -194,26 +211,11 @@ fn resume_ends_where_the_uninterrupted_run_ends() {
 
 #[test]
 fn reference_cache_gives_the_same_training_as_live_reference() {
-    let run = |precompute: bool| -> Vec<(String, Vec<f32>)> {
-        let out = tempfile::tempdir().unwrap();
+    let run = |precompute: bool| {
         let c = TrainConfig { precompute_ref_log_probs: precompute, epochs: 1, ..cfg() };
-        let mut t = Trainer::new(
-            c,
-            tiny_model("gemma3", 4, DType::F32).unwrap(),
-            synthetic(16, 7),
-            vec![],
-            out.path(),
-            |_, _, _| {},
-        )
-        .unwrap();
-        t.run(|_| {}).unwrap();
-        trained_weights(&t)
+        trained_weights(&train_tiny(c, "gemma3", 4, synthetic(16, 7)))
     };
-    let (a, b) = (run(true), run(false));
-    for ((n, x), (_, y)) in a.iter().zip(&b) {
-        let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
-        assert!(d < 1e-5, "{n}: cached and live reference differ by {d}");
-    }
+    assert_close(&run(true), &run(false), 1e-5, "cached and live reference");
 }
 
 #[test]
@@ -234,33 +236,18 @@ fn bad_configs_are_rejected() {
 #[test]
 fn gradient_accumulation_equals_one_big_batch() {
     // 2 micro-batches of 4 with accumulation = one batch of 8: same pairs per step, same mean loss.
-    let run = |batch: usize, accum: usize| -> Vec<(String, Vec<f32>)> {
-        let out = tempfile::tempdir().unwrap();
+    let run = |batch: usize, accum: usize| {
         let c = TrainConfig { batch_size: batch, gradient_accumulation_steps: accum, epochs: 1, ..cfg() };
-        let mut t = Trainer::new(
-            c,
-            tiny_model("llama", 9, DType::F32).unwrap(),
-            synthetic(16, 8),
-            vec![],
-            out.path(),
-            |_, _, _| {},
-        )
-        .unwrap();
-        t.run(|_| {}).unwrap();
+        let t = train_tiny(c, "llama", 9, synthetic(16, 8));
         assert_eq!(t.step, 2);
         trained_weights(&t)
     };
-    let (a, b) = (run(4, 2), run(8, 1));
-    for ((n, x), (_, y)) in a.iter().zip(&b) {
-        let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
-        assert!(d < 1e-5, "{n}: accumulation differs from the big batch by {d}");
-    }
+    assert_close(&run(4, 2), &run(8, 1), 1e-5, "accumulation and the big batch");
 }
 
 #[test]
 fn same_seed_same_run_and_tr_dpo_sync_moves_the_reference() {
-    let run = |sync: bool, seed: u64| -> Vec<(String, Vec<f32>)> {
-        let out = tempfile::tempdir().unwrap();
+    let run = |sync: bool, seed: u64| {
         let c = TrainConfig {
             sync_ref_model: sync,
             precompute_ref_log_probs: !sync,
@@ -270,17 +257,7 @@ fn same_seed_same_run_and_tr_dpo_sync_moves_the_reference() {
             seed,
             ..cfg()
         };
-        let mut t = Trainer::new(
-            c,
-            tiny_model("llama", 10, DType::F32).unwrap(),
-            synthetic(16, 9),
-            vec![],
-            out.path(),
-            |_, _, _| {},
-        )
-        .unwrap();
-        t.run(|_| {}).unwrap();
-        trained_weights(&t)
+        trained_weights(&train_tiny(c, "llama", 10, synthetic(16, 9)))
     };
     let plain = run(false, 1);
     assert_eq!(plain, run(false, 1), "same seed, different weights");
