@@ -522,6 +522,22 @@ impl Trainer {
         let o = candle_core::safetensors::load(&o_path, self.policy.device())
             .map_err(|e| anyhow!("{}: {e}", o_path.display()))?;
         self.opt.load_state(state["optimizer_t"].as_u64().unwrap_or(step), &o)?;
+        // The checkpoint's reference log-probs must match this run's: otherwise the data, its order or the
+        // model changed since, and continuing would silently train on something else.
+        let r_path = ckpt.join("ref_logps.json");
+        if let (Ok(text), Some(now)) = (std::fs::read_to_string(&r_path), &self.ref_train) {
+            let then: Vec<(f32, f32)> =
+                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", r_path.display()))?;
+            let same = then.len() == now.len()
+                && then.iter().zip(now).all(|(a, b)| (a.0 - b.0).abs() < 1e-3 && (a.1 - b.1).abs() < 1e-3);
+            if !same {
+                bail!(
+                    "{}: the checkpoint was made with other training data or another model \
+                     (its cached reference log-probs differ from this run's)",
+                    ckpt.display()
+                );
+            }
+        }
         self.step = step;
         // Drop metric lines logged after the checkpoint so the file reads like one run.
         let mpath = self.out.join("metrics.jsonl");

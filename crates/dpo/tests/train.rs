@@ -192,6 +192,18 @@ fn resume_ends_where_the_uninterrupted_run_ends() {
             "resumed run ended elsewhere (lora: {})",
             lora.is_some()
         );
+        // Resuming with other data is refused (the cached reference log-probs no longer match).
+        let mut other = Trainer::new(
+            c.clone(),
+            tiny_model("gpt2", 3, DType::F32).unwrap(),
+            synthetic(40, 99),
+            vec![],
+            dir.path(),
+            |_, _, _| {},
+        )
+        .unwrap();
+        let e = other.resume(&ckpt).unwrap_err().to_string();
+        assert!(e.contains("other training data"), "{e}");
         // The metrics file reads like one run: steps strictly increasing (none logged twice), every step the
         // uninterrupted run logged present (the stopped run also logged its last step, 3).
         let steps = |p: &std::path::Path| -> Vec<u64> {

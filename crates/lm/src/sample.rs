@@ -251,7 +251,7 @@ pub fn sequence_entropy(
     Ok(samples.chunks(n).map(|c| c.iter().map(|s| -s.sum_logprob()).sum::<f64>() / n as f64).collect())
 }
 
-/// Greedy/sampled logits helper for tests: log-probs of the next token after each full sequence.
+/// Log-probabilities of the token after `ids` (one full forward, no cache).
 pub fn next_token_logprobs(model: &LanguageModel, ids: &[u32]) -> Result<Vec<f32>> {
     let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
     let logits = model.forward(&input)?; // (1, T, V)
