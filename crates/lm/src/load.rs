@@ -16,15 +16,18 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Loads only the config and tokenizer of a model (no weights are read or dequantised).
-pub fn load_tokenizer(path: &Path) -> Result<(ModelConfig, Tokenizer)> {
+fn check_exists(path: &Path) -> Result<()> {
     if !path.exists() {
         bail!("{}: no such file or directory (expected a .gguf file or an HF model directory)", path.display());
     }
+    Ok(())
+}
+
+/// Loads only the config and tokenizer of a model (no weights are read or dequantised).
+pub fn load_tokenizer(path: &Path) -> Result<(ModelConfig, Tokenizer)> {
+    check_exists(path)?;
     if path.is_dir() {
-        let config = ModelConfig::from_hf_file(&path.join("config.json"))?;
-        let tokenizer = Tokenizer::from_hf_dir(path, &config.eos_token_ids, config.bos_token_id)?;
-        Ok((config, tokenizer))
+        read_hf_header(path)
     } else {
         let (_, _, config, tokenizer) = read_gguf_header(path)?;
         Ok((config, tokenizer))
@@ -33,9 +36,7 @@ pub fn load_tokenizer(path: &Path) -> Result<(ModelConfig, Tokenizer)> {
 
 /// Loads config, tokenizer and f32 parameters (on CPU) from `path`.
 pub fn load(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
-    if !path.exists() {
-        bail!("{}: no such file or directory (expected a .gguf file or an HF model directory)", path.display());
-    }
+    check_exists(path)?;
     if path.is_dir() {
         load_hf_dir(path)
     } else {
@@ -46,13 +47,19 @@ pub fn load(path: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
 // ---------------------------------------------------------------------------------------------
 // HF safetensors directories
 
-fn load_hf_dir(dir: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
+/// An HF directory's `config.json` and tokenizer.
+fn read_hf_header(dir: &Path) -> Result<(ModelConfig, Tokenizer)> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
         bail!("{}: missing; an HF model directory needs config.json", cfg_path.display());
     }
     let config = ModelConfig::from_hf_file(&cfg_path)?;
     let tokenizer = Tokenizer::from_hf_dir(dir, &config.eos_token_ids, config.bos_token_id)?;
+    Ok((config, tokenizer))
+}
+
+fn load_hf_dir(dir: &Path) -> Result<(ModelConfig, Tokenizer, Params)> {
+    let (config, tokenizer) = read_hf_header(dir)?;
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

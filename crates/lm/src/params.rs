@@ -42,14 +42,6 @@ impl Params {
         Ok(t.clone())
     }
 
-    pub fn get_opt(&self, name: &str, dims: &[usize]) -> Result<Option<Tensor>> {
-        if self.contains(name) {
-            self.get(name, dims).map(Some)
-        } else {
-            Ok(None)
-        }
-    }
-
     /// Casts every tensor to `dtype` on `device`.
     pub fn to(&self, dtype: DType, device: &Device) -> Result<Self> {
         let mut out = Self { lora_scale: self.lora_scale, ..Self::new(self.source.clone()) };

@@ -322,15 +322,6 @@ impl KvCache {
         Self { layers: vec![None; n_layers] }
     }
 
-    /// Number of positions stored so far.
-    pub fn len(&self) -> usize {
-        self.layers.iter().flatten().next().map(|(k, _)| k.dim(2).unwrap_or(0)).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Appends this step's keys/values to layer `i` and returns the full keys/values.
     pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let (k, v) = match &self.layers[i] {
