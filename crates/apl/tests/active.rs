@@ -1,0 +1,355 @@
+//! The loop in-process on a tiny random model: a whole run, resume after stopping between any two steps,
+//! labels committed before they are acknowledged, human labels arriving from another connection, config
+//! checks and a too-small pool refused before any work.
+
+use anyhow::Result;
+use apl::config::{ActiveConfig, OracleKind, Strategy};
+use apl::store::Store;
+use apl::{ActiveLoop, Event, OracleHandle};
+use candle_core::DType;
+use lm::testing::tiny_model;
+use oracle::{Answer, Comparison, Oracle, ScoreOracle, Scorer};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A real (if simple) oracle for byte-level gibberish: prefers the text with more letters `e`.
+struct LetterE;
+impl Scorer for LetterE {
+    fn name(&self) -> String {
+        "letter-e".into()
+    }
+    fn score(&self, text: &str) -> f64 {
+        // Fewer ties than a bare count: a byte hash breaks most of them, so identical texts are the usual tie.
+        let h = text.bytes().fold(7u64, |h, x| h.wrapping_mul(31).wrapping_add(x as u64));
+        text.matches('e').count() as f64 + (h % 1000) as f64 / 2000.0
+    }
+}
+
+/// Counts the questions it is asked and can fail after a number of them (a judge going away).
+struct Counting {
+    inner: ScoreOracle<LetterE>,
+    asked: Arc<AtomicUsize>,
+    fail_after: Option<usize>,
+}
+impl Oracle for Counting {
+    fn name(&self) -> String {
+        "letter-e".into()
+    }
+    fn compare(&mut self, c: &Comparison) -> Result<Answer> {
+        let n = self.asked.fetch_add(1, Ordering::SeqCst);
+        if self.fail_after.is_some_and(|f| n >= f) {
+            anyhow::bail!("judge unreachable (test)");
+        }
+        self.inner.compare(c)
+    }
+}
+
+fn texts() -> Vec<String> {
+    (0..200).map(|i| format!("the movie number {i} was seen by everyone here, and then")).collect()
+}
+
+fn cfg() -> ActiveConfig {
+    let mut c = ActiveConfig { seed: 5, ..Default::default() };
+    c.prompts.min_tokens = 4;
+    c.prompts.max_tokens = 8;
+    c.prompts.min_source_tokens = 10;
+    c.generation.min_new_tokens = 4;
+    c.generation.max_new_tokens = 8;
+    c.generation.batch_size = 8;
+    c.acquisition.over_generate_factor = 2;
+    c.acquisition.over_sample_prompts_factor = 2;
+    c.acquisition.entropy_samples = 2;
+    c.rounds.labels_per_round = 4;
+    c.rounds.rounds = 2;
+    c.eval.prompts = 6;
+    c.train.epochs = 2;
+    c.train.batch_size = 2;
+    c.train.save_steps = Some(1);
+    c.train.learning_rate = 2e-3;
+    c.train.lora = Some(dpo::train::LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] });
+    c
+}
+
+fn oracle(asked: &Arc<AtomicUsize>, fail_after: Option<usize>) -> OracleHandle {
+    OracleHandle::Sync(Box::new(Counting { inner: ScoreOracle(LetterE), asked: asked.clone(), fail_after }))
+}
+
+/// Opens a loop over a fresh copy of the tiny model.
+fn open<'a>(c: &ActiveConfig, dir: &Path, o: OracleHandle, ev: &'a mut dyn FnMut(Event)) -> ActiveLoop<'a> {
+    let mut run = ActiveLoop::open(c.clone(), dir, tiny_model("llama", 1, DType::F32).unwrap(), o, None, ev).unwrap();
+    run.ensure_pool(&texts(), Path::new("test-texts")).unwrap();
+    run
+}
+
+/// Everything a run decided, to compare two runs: labels and evaluation outcomes.
+fn fingerprint(dir: &Path) -> (String, Vec<(usize, f64)>) {
+    let labels = std::fs::read_to_string(dir.join("labels.jsonl")).unwrap();
+    let s = Store::open(&dir.join("store.sqlite")).unwrap();
+    let wins = (1..=2).flat_map(|r| s.judgments(r).unwrap().into_iter().map(move |j| (r, j.win))).collect();
+    (labels, wins)
+}
+
+#[test]
+fn a_run_completes_and_writes_its_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let mut stages = Vec::new();
+    let mut ev = |e: Event| {
+        if let Event::Stage(s) = e {
+            stages.push(s)
+        }
+    };
+    let mut run = open(&cfg(), tmp.path(), oracle(&asked, None), &mut ev);
+    let res = run.run().unwrap();
+    assert_eq!(res.len(), 2);
+    assert_eq!(res.iter().map(|r| r.labels).collect::<Vec<_>>(), vec![4, 8]);
+    for r in &res {
+        let w = r.win_rate.unwrap();
+        assert!((0.0..=1.0).contains(&w));
+        assert!(r.train_loss.unwrap().is_finite());
+    }
+    drop(run);
+    for f in
+        ["store.sqlite", "labels.jsonl", "metrics.jsonl", "report.html", "config.toml", "round-2/policy.safetensors"]
+    {
+        assert!(tmp.path().join(f).exists(), "{f} missing");
+    }
+    let labels = std::fs::read_to_string(tmp.path().join("labels.jsonl")).unwrap();
+    assert_eq!(labels.lines().count(), 8);
+    for l in labels.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let (c, r) = (v["chosen"].as_str().unwrap(), v["rejected"].as_str().unwrap());
+        // The oracle's rule holds for every exported label.
+        let p = v["prompt"].as_str().unwrap();
+        assert!(LetterE.score(&format!("{p}{c}")) > LetterE.score(&format!("{p}{r}")), "{l}");
+    }
+    // Every question asked is recorded exactly once (labels + dropped), plus the evaluation judgments.
+    let s = Store::open(&tmp.path().join("store.sqlite")).unwrap();
+    let (kept, dropped) = s.label_counts(2).unwrap();
+    assert_eq!(kept, 8);
+    let identical_or_asked = kept + dropped;
+    let judged = s.judgments(1).unwrap().len() + s.judgments(2).unwrap().len();
+    assert!(asked.load(Ordering::SeqCst) <= identical_or_asked + judged);
+    assert!(stages.iter().any(|s| s.contains("acquiring")) && stages.iter().any(|s| s.contains("training")));
+    let html = std::fs::read_to_string(tmp.path().join("report.html")).unwrap();
+    assert!(html.contains("<svg"));
+}
+
+#[test]
+fn stopping_anywhere_and_resuming_gives_the_same_labels() {
+    let whole = tempfile::tempdir().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let mut ev = |_e: Event| {};
+    open(&cfg(), whole.path(), oracle(&asked, None), &mut ev).run().unwrap();
+    let total_asked = asked.load(Ordering::SeqCst);
+    let want = fingerprint(whole.path());
+
+    // The oracle fails after k questions (the run stops with an error), then the run is resumed; repeat.
+    let dir = tempfile::tempdir().unwrap();
+    let asked2 = Arc::new(AtomicUsize::new(0));
+    let mut stops = 0;
+    for k in [1, 3, 3, 5, 2] {
+        let before = asked2.load(Ordering::SeqCst);
+        let mut ev = |_e: Event| {};
+        let r = open(&cfg(), dir.path(), oracle(&asked2, Some(before + k)), &mut ev).run();
+        match r {
+            Err(e) => {
+                assert!(e.to_string().contains("judge unreachable"), "{e}");
+                stops += 1;
+                // The failed question counted but was not answered.
+                asked2.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok(_) => break,
+        }
+    }
+    assert!(stops >= 3);
+    let mut ev = |_e: Event| {};
+    open(&cfg(), dir.path(), oracle(&asked2, None), &mut ev).run().unwrap();
+    assert_eq!(fingerprint(dir.path()), want, "the resumed run ended with other labels or outcomes");
+    // No question answered twice: the resumed run asked exactly as many as the uninterrupted one.
+    assert_eq!(asked2.load(Ordering::SeqCst), total_asked);
+}
+
+#[test]
+fn a_run_interrupted_mid_training_resumes_from_its_checkpoint() {
+    let whole = tempfile::tempdir().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let mut ev = |_e: Event| {};
+    open(&cfg(), whole.path(), oracle(&asked, None), &mut ev).run().unwrap();
+    let want = fingerprint(whole.path());
+    let policy_a =
+        candle_core::safetensors::load(whole.path().join("round-2/policy.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+
+    // Same run, but delete round 2's policy and its last checkpoints, as if killed mid-training.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ev = |_e: Event| {};
+    open(&cfg(), dir.path(), oracle(&asked, None), &mut ev).run().unwrap();
+    let train = dir.path().join("round-2/train");
+    let mut ckpts: Vec<_> = std::fs::read_dir(&train)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .collect();
+    ckpts.sort_by_key(|e| e.file_name().to_string_lossy().trim_start_matches("checkpoint-").parse::<u64>().unwrap());
+    assert!(ckpts.len() >= 3, "expected a checkpoint per step");
+    for e in &ckpts[ckpts.len() - 2..] {
+        std::fs::remove_dir_all(e.path()).unwrap();
+    }
+    std::fs::remove_file(dir.path().join("round-2/policy.safetensors")).unwrap();
+    let s = rusqlite::Connection::open(dir.path().join("store.sqlite")).unwrap();
+    s.execute("DELETE FROM judgments WHERE round = 2", []).unwrap();
+    s.execute("DELETE FROM eval_samples WHERE round = 2", []).unwrap();
+    s.execute("DELETE FROM rounds WHERE round = 2", []).unwrap();
+    drop(s);
+    let mut ev = |_e: Event| {};
+    open(&cfg(), dir.path(), oracle(&asked, None), &mut ev).run().unwrap();
+    let policy_b =
+        candle_core::safetensors::load(dir.path().join("round-2/policy.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    for (n, a) in &policy_a {
+        let b = &policy_b[n];
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{n}"
+        );
+    }
+    assert_eq!(fingerprint(dir.path()), want);
+}
+
+#[test]
+fn labels_survive_and_are_never_recorded_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let mut ev = |_e: Event| {};
+    // Stop after the first acquisition's labels are partly given.
+    let _ = open(&cfg(), tmp.path(), oracle(&asked, Some(2)), &mut ev).run();
+    let s = Store::open(&tmp.path().join("store.sqlite")).unwrap();
+    let mode: String = rusqlite::Connection::open(tmp.path().join("store.sqlite"))
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let (kept, dropped) = s.label_counts(1).unwrap();
+    assert_eq!(kept + dropped, 2, "the two answered labels are in the store");
+    let pending = s.pending_queries(Some(1)).unwrap();
+    assert!(!pending.is_empty());
+    // Recording a label for an already-labelled query is refused.
+    let labelled = s.labels(1).unwrap();
+    if let Some(l) = labelled.first() {
+        let e = s.record_label(l.query.id, Some(0), "x", "", None).unwrap_err();
+        assert!(e.to_string().contains("already labelled"), "{e}");
+    }
+    let e = s.record_label(999_999, Some(0), "x", "", None).unwrap_err();
+    assert!(e.to_string().contains("no query"), "{e}");
+    let e = s.record_label(pending[0].id, Some(2), "x", "", None).unwrap_err();
+    assert!(e.to_string().contains("0 or 1"), "{e}");
+}
+
+#[test]
+fn human_labels_from_another_connection_are_picked_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.rounds.rounds = 1;
+    c.oracle.kind = OracleKind::Human;
+    c.oracle.poll_seconds = 0.05;
+    c.eval.oracle = Some(OracleKind::Vader);
+    let dir = tmp.path().to_path_buf();
+    // A "person": another connection to the store answering pending queries as they appear.
+    let stop = Arc::new(AtomicUsize::new(0));
+    let stop2 = stop.clone();
+    let person = std::thread::spawn(move || {
+        let mut answered = 0;
+        while stop2.load(Ordering::SeqCst) == 0 {
+            if let Ok(s) = Store::open(&dir.join("store.sqlite")) {
+                for q in s.pending_queries(None).unwrap_or_default() {
+                    s.record_label(q.id, Some(0), "human", "{}", Some("tester")).unwrap();
+                    answered += 1;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        answered
+    });
+    let mut ev = |_e: Event| {};
+    let eval = Some(Box::new(ScoreOracle(LetterE)) as Box<dyn Oracle>);
+    let mut run = ActiveLoop::open(
+        c.clone(),
+        tmp.path(),
+        tiny_model("llama", 1, DType::F32).unwrap(),
+        OracleHandle::Human { poll: std::time::Duration::from_millis(50) },
+        eval,
+        &mut ev,
+    )
+    .unwrap();
+    run.ensure_pool(&texts(), Path::new("test-texts")).unwrap();
+    let res = run.run().unwrap();
+    stop.store(1, Ordering::SeqCst);
+    assert_eq!(person.join().unwrap(), 4);
+    assert_eq!(res[0].labels, 4);
+    let s = Store::open(&tmp.path().join("store.sqlite")).unwrap();
+    assert!(s.labels(1).unwrap().iter().all(|l| l.preferred == 0 && l.oracle == "human"));
+}
+
+#[test]
+fn bad_configs_and_pools_fail_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.acquisition.strategy = Strategy::Hybrid;
+    c.rounds.labels_per_round = 100; // 100 × 2 × 2 = 400 prompts per draw, the pool has ~194
+    let mut ev = |_e: Event| {};
+    let mut run = ActiveLoop::open(
+        c,
+        tmp.path(),
+        tiny_model("llama", 1, DType::F32).unwrap(),
+        oracle(&Arc::new(AtomicUsize::new(0)), None),
+        None,
+        &mut ev,
+    )
+    .unwrap();
+    let e = run.ensure_pool(&texts(), Path::new("texts.txt")).unwrap_err().to_string();
+    assert!(e.contains("texts.txt") && e.contains("usable prompts") && e.contains("400 per acquisition draw"), "{e}");
+    let e = run.ensure_pool(&[], Path::new("empty.txt")).unwrap_err().to_string();
+    assert!(e.contains("empty.txt: 0 usable prompts"), "{e}");
+    drop(run);
+    // The same directory with another config is refused, naming what differs.
+    let mut ev = |_e: Event| {};
+    let mut other = cfg();
+    other.seed = 99;
+    let e = ActiveLoop::open(
+        other,
+        tmp.path(),
+        tiny_model("llama", 1, DType::F32).unwrap(),
+        oracle(&Arc::new(AtomicUsize::new(0)), None),
+        None,
+        &mut ev,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("another configuration") && e.contains("seed"), "{e}");
+    // Config files: unknown keys and bad values are named.
+    for (toml, needle) in [
+        ("[acquisition]\nstrategy = \"bald\"", "unknown variant `bald`"),
+        ("[rounds]\nschedule = [16, 8]", "strictly increasing"),
+        ("[acquisition]\novergenerate = 3", "unknown field `overgenerate`"),
+        ("[oracle]\nkind = \"dataset\"", "oracle.dataset"),
+        ("[oracle]\nkind = \"human\"", "eval.oracle"),
+        ("[generation]\ntemperature = 0", "temperature"),
+    ] {
+        let e = ActiveConfig::from_toml(toml).unwrap_err().to_string();
+        assert!(e.contains(needle), "{toml}: {e}");
+    }
+    // Partial tables keep the other defaults (LoRA, β = 0.2); r = 0 turns LoRA off.
+    let c = ActiveConfig::from_toml("[train]\nepochs = 7").unwrap();
+    assert_eq!(c.train.epochs, 7);
+    assert_eq!(c.train.loss.beta, 0.2);
+    assert!(c.train.lora.is_some());
+    let c = ActiveConfig::from_toml("[train.lora]\nr = 0").unwrap();
+    assert!(c.train.lora.is_none());
+    // The printed config parses back to itself.
+    let d = ActiveConfig::default();
+    assert_eq!(ActiveConfig::from_toml(&d.to_toml()).unwrap().to_toml(), d.to_toml());
+}

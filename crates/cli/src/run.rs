@@ -1,0 +1,233 @@
+//! `activepref run` and `activepref experiment`: the APL loop from the command line, with progress bars.
+
+use crate::{assets, ModelArgs};
+use anyhow::{bail, Context as _, Result};
+use apl::config::{OracleKind, Strategy};
+use apl::{ActiveConfig, ActiveLoop, Event, RoundResult};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Loop configuration (TOML; every key and default is in docs/apl.md). Without it: the CPU demo job —
+    /// SmolLM2-135M continues movie-review openings, a sentiment model prefers the more positive one,
+    /// hybrid acquisition, DPO with LoRA, 3 rounds of 16 labels.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run directory (store, checkpoints, metrics, labels, report). Running the same command again resumes
+    /// it. [default: runs/default, or runs/<config name>]
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Override the config's seed
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Override the acquisition strategy: random, offline, entropy, certainty, uncertainty, hybrid
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Print the configuration that would run (defaults merged with --config) as TOML, and exit
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Args)]
+pub struct ExperimentArgs {
+    /// Loop configuration (TOML); its strategy and seed are replaced per run
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Comma-separated strategies to compare
+    #[arg(long, default_value = "random,certainty,hybrid")]
+    pub strategies: String,
+    /// Seeds per strategy (0, 1, ...)
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Experiment directory: one run directory per strategy and seed, the table and the plot
+    #[arg(long, default_value = "runs/experiment")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+fn load_config(path: Option<&Path>) -> Result<ActiveConfig> {
+    match path {
+        Some(p) => ActiveConfig::from_toml_file(p),
+        None => Ok(ActiveConfig::default()),
+    }
+}
+
+/// Draws the loop's events as progress bars on stderr.
+struct Bars {
+    bar: Option<(String, ProgressBar)>,
+}
+
+impl Bars {
+    fn handle(&mut self, e: Event) {
+        match e {
+            Event::Stage(s) => {
+                self.finish();
+                eprintln!("==> {s}");
+            }
+            Event::Info(s) => match &self.bar {
+                Some((_, b)) => b.suspend(|| eprintln!("    {s}")),
+                None => eprintln!("    {s}"),
+            },
+            Event::Progress { what, done, total } => {
+                if self.bar.as_ref().is_none_or(|(w, _)| *w != what) {
+                    self.finish();
+                    let b = ProgressBar::new(total as u64);
+                    b.set_style(
+                        ProgressStyle::with_template("    {msg:<20} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
+                            .unwrap()
+                            .progress_chars("=> "),
+                    );
+                    b.set_message(what.clone());
+                    self.bar = Some((what, b));
+                }
+                let b = &self.bar.as_ref().unwrap().1;
+                b.set_length(total as u64);
+                b.set_position(done as u64);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, b)) = self.bar.take() {
+            b.finish();
+        }
+    }
+}
+
+/// Runs (or resumes) one run; returns its per-round results.
+fn run_one(cfg: ActiveConfig, dir: &Path, base: lm::LanguageModel, bars: &mut Bars) -> Result<Vec<RoundResult>> {
+    let assets = assets::default_dir();
+    let snippets = assets.join(assets::MOVIE_SNIPPETS);
+    let source = if cfg.prompts.source.is_empty() { snippets.clone() } else { PathBuf::from(&cfg.prompts.source) };
+    if !source.exists() {
+        if cfg.prompts.source.is_empty() {
+            bail!("{} not found: run `activepref assets fetch` first", source.display());
+        }
+        bail!("prompts.source = {:?}: no such file", cfg.prompts.source);
+    }
+    let texts = apl::prompts::read_texts(&source)?;
+    let o = apl::oracles::build(&cfg, dir, &snippets)?;
+    let mut events = |e: Event| bars.handle(e);
+    let mut run = ActiveLoop::open(cfg, dir, base, o.main, o.eval, &mut events)?;
+    if let Some(n) = o.note {
+        run.store.set_meta("oracle_note", &n)?;
+        (run.events)(Event::Info(n));
+    }
+    run.ensure_pool(&texts, &source)?;
+    let res = run.run()?;
+    Ok(res)
+}
+
+fn print_results(res: &[RoundResult]) {
+    println!("{:>5} {:>7} {:>8} {:>16} {:>10} {:>10}", "round", "labels", "dropped", "win rate", "agreement", "loss");
+    for r in res {
+        let w = match (r.win_rate, r.win_rate_se) {
+            (Some(w), Some(se)) => format!("{:.1}% ± {:.1}", 100.0 * w, 100.0 * se),
+            _ => "-".into(),
+        };
+        let a = r.oracle_agreement.map(|a| format!("{:.2}", a)).unwrap_or("-".into());
+        let l = r.train_loss.map(|l| format!("{:.3}", l)).unwrap_or("-".into());
+        println!("{:>5} {:>7} {:>8} {:>16} {:>10} {:>10}", r.round, r.labels, r.dropped, w, a, l);
+    }
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let mut cfg = load_config(a.config.as_deref())?;
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
+    if let Some(s) = &a.strategy {
+        cfg.acquisition.strategy = Strategy::parse(s)?;
+    }
+    if let Some(m) = &a.model.model {
+        cfg.model = m.display().to_string();
+    }
+    cfg.validate()?;
+    if a.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    let dir = a.run_dir.clone().unwrap_or_else(|| {
+        let name = a.config.as_ref().and_then(|c| c.file_stem()).map(|s| s.to_string_lossy().to_string());
+        PathBuf::from("runs").join(name.unwrap_or_else(|| "default".into()))
+    });
+    let base = load_model(&cfg, &a.model)?;
+    let t0 = std::time::Instant::now();
+    let mut bars = Bars { bar: None };
+    let res = run_one(cfg, &dir, base, &mut bars)?;
+    bars.finish();
+    print_results(&res);
+    println!(
+        "done in {:.1} min. Report: {}  Labels (TRL JSONL): {}",
+        t0.elapsed().as_secs_f64() / 60.0,
+        dir.join("report.html").display(),
+        dir.join("labels.jsonl").display()
+    );
+    Ok(())
+}
+
+fn load_model(cfg: &ActiveConfig, m: &ModelArgs) -> Result<lm::LanguageModel> {
+    let args = ModelArgs {
+        model: if cfg.model.is_empty() { m.model.clone() } else { Some(PathBuf::from(&cfg.model)) },
+        device: m.device.clone(),
+    };
+    args.load()
+}
+
+pub fn experiment(a: ExperimentArgs) -> Result<()> {
+    let mut cfg = load_config(a.config.as_deref())?;
+    if let Some(m) = &a.model.model {
+        cfg.model = m.display().to_string();
+    }
+    let strategies: Vec<Strategy> =
+        a.strategies.split(',').filter(|s| !s.trim().is_empty()).map(Strategy::parse).collect::<Result<_>>()?;
+    if strategies.is_empty() || a.seeds == 0 {
+        bail!("--strategies and --seeds must name at least one strategy and one seed");
+    }
+    if cfg.oracle.kind == OracleKind::Human {
+        bail!("experiments need an automatic oracle (oracle.kind = human would wait for people in every run)");
+    }
+    let base = load_model(&cfg, &a.model)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut cells: Vec<report::Cell> = Vec::new();
+    let mut bars = Bars { bar: None };
+    for s in &strategies {
+        for seed in 0..a.seeds {
+            let mut c = cfg.clone();
+            c.acquisition.strategy = *s;
+            c.seed = seed;
+            let dir = a.out.join(format!("{}-seed{seed}", s.name()));
+            eprintln!("=== {} seed {seed} ({})", s.name(), dir.display());
+            let res = run_one(c, &dir, base.with_params(base.params.clone())?, &mut bars)?;
+            bars.finish();
+            for r in res {
+                if let Some(w) = r.win_rate {
+                    match cells.iter_mut().find(|x| x.strategy == s.name() && x.labels == r.labels) {
+                        Some(x) => x.win_rates.push(w),
+                        None => {
+                            cells.push(report::Cell { strategy: s.name().into(), labels: r.labels, win_rates: vec![w] })
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let rep = report::ExperimentReport {
+        title: "activepref experiment — win rate vs the starting model".into(),
+        subtitle: format!("{} seed(s) per strategy; mean ± standard error across seeds", a.seeds),
+        cells,
+        notes: vec![],
+    };
+    let table = report::experiment_table(&rep);
+    println!("{table}");
+    std::fs::write(a.out.join("table.md"), &table)?;
+    std::fs::write(a.out.join("results.json"), serde_json::to_string_pretty(&rep)?)?;
+    std::fs::write(a.out.join("experiment.html"), report::render_experiment(&rep))?;
+    println!("Plot: {}", a.out.join("experiment.html").display());
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! `activepref run` as a user runs it, with a real LLM-judge HTTP server on localhost: a whole run, and
+//! the same run killed with SIGKILL at random moments (sampling, asking the judge, training, evaluating)
+//! and restarted with the same command until it finishes — it must end with exactly the labels and
+//! outcomes of the uninterrupted run, with no label lost and none asked twice.
+
+use candle_core::DType;
+use lm::testing::tiny_model;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_activepref"));
+    c.env("ACTIVEPREF_ASSETS", "/nonexistent-assets");
+    c
+}
+
+/// Which review the test judge prefers: the one with more letters `e`; a content hash decides a few
+/// non-answers, so dropping and re-acquiring happen too.
+fn verdict(a: &str, b: &str) -> String {
+    let h = a.bytes().chain(b.bytes()).fold(7u64, |h, x| h.wrapping_mul(31).wrapping_add(x as u64));
+    if h % 9 == 0 {
+        return "Comparison: both are fine.\nPreferred: neither".into();
+    }
+    let (ea, eb) = (a.matches('e').count(), b.matches('e').count());
+    format!("Comparison: one has more e.\nPreferred: {}", if ea >= eb { "A" } else { "B" })
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
+    let i = s.find(start).map(|i| i + start.len()).unwrap_or(0);
+    let j = s[i..].find(end).map(|j| i + j).unwrap_or(s.len());
+    &s[i..j]
+}
+
+/// An OpenAI-compatible chat-completions server on 127.0.0.1 that judges by [`verdict`]; it records how
+/// often each question was asked.
+fn judge_server() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let _ = serve(s, &seen);
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn serve(s: TcpStream, seen: &Mutex<HashMap<String, usize>>) -> std::io::Result<()> {
+    let mut r = BufReader::new(s.try_clone()?);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h)?;
+            if h.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body)?;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let user = v["messages"][1]["content"].as_str().unwrap_or("").to_string();
+        *seen.lock().unwrap().entry(user.clone()).or_default() += 1;
+        let a = between(&user, "Review A:\n", "\n\nReview B:");
+        let b = between(&user, "Review B:\n", "\n\nFIRST");
+        std::thread::sleep(Duration::from_millis(3));
+        let reply = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": verdict(a, b)}}],
+            "usage": {"total_tokens": 50}})
+        .to_string();
+        let mut w = s.try_clone()?;
+        write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        )?;
+        w.flush()?;
+    }
+}
+
+fn setup(tmp: &Path, judge_url: &str) -> PathBuf {
+    let model = tmp.join("model");
+    tiny_model("llama", 1, DType::F32).unwrap().save(&model).unwrap();
+    let prompts = tmp.join("prompts.txt");
+    let lines: Vec<String> =
+        (0..200).map(|i| format!("review {i}: the film was seen by everyone here, and then we")).collect();
+    std::fs::write(&prompts, lines.join("\n")).unwrap();
+    let cfg = tmp.join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"seed = 3
+model = "{model}"
+[prompts]
+source = "{prompts}"
+min_tokens = 4
+max_tokens = 8
+min_source_tokens = 10
+[generation]
+min_new_tokens = 4
+max_new_tokens = 8
+batch_size = 8
+[acquisition]
+strategy = "hybrid"
+over_generate_factor = 2
+over_sample_prompts_factor = 2
+entropy_samples = 2
+[rounds]
+labels_per_round = 4
+rounds = 2
+[oracle]
+kind = "judge"
+[oracle.judge]
+base_url = "{judge_url}"
+model = "test-judge"
+api_key_env = "ACTIVEPREF_TEST_UNSET_KEY"
+retries = 2
+backoff_s = 0.01
+timeout_s = 5
+[eval]
+prompts = 8
+[train]
+epochs = 2
+batch_size = 2
+save_steps = 1
+learning_rate = 0.01
+[train.lora]
+r = 2
+alpha = 4
+"#,
+            model = model.display(),
+            prompts = prompts.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn run_to_end(cfg: &Path, dir: &Path) -> String {
+    let o = bin().args(["run", "--config"]).arg(cfg).arg("--run-dir").arg(dir).output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "run failed:\n{out}\n{err}");
+    format!("{out}{err}")
+}
+
+/// Labels (TRL JSONL) and evaluation outcomes (metrics) of a finished run.
+fn outcome(dir: &Path) -> (String, Vec<Option<f64>>) {
+    let labels = std::fs::read_to_string(dir.join("labels.jsonl")).unwrap();
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let wins =
+        metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["win_rate"].as_f64()).collect();
+    (labels, wins)
+}
+
+#[test]
+fn run_writes_a_run_directory_and_a_second_call_resumes_to_the_same_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, _) = judge_server();
+    let cfg = setup(tmp.path(), &url);
+    let dir = tmp.path().join("run");
+    let log = run_to_end(&cfg, &dir);
+    assert!(log.contains("round 2/2") && log.contains("Report:"), "{log}");
+    for f in ["store.sqlite", "labels.jsonl", "metrics.jsonl", "report.html", "config.toml", "judge-cache.jsonl"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let (labels, wins) = outcome(&dir);
+    assert_eq!(labels.lines().count(), 8);
+    assert_eq!(wins.len(), 2);
+    assert!(wins.iter().all(|w| w.is_some()));
+    // A finished run called again does nothing new and says where its outputs are.
+    let again = run_to_end(&cfg, &dir);
+    assert!(!again.contains("acquiring"), "{again}");
+    assert_eq!(outcome(&dir), (labels, wins));
+}
+
+#[test]
+fn kill_9_at_random_moments_then_resume_ends_with_the_same_labels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, seen) = judge_server();
+    let cfg = setup(tmp.path(), &url);
+
+    let whole = tmp.path().join("whole");
+    let t0 = Instant::now();
+    run_to_end(&cfg, &whole);
+    let full = t0.elapsed();
+    let want = outcome(&whole);
+    let asked_whole: usize = seen.lock().unwrap().values().sum();
+    seen.lock().unwrap().clear();
+
+    let dir = tmp.path().join("killed");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut kills = 0;
+    let mut stages_hit = std::collections::BTreeSet::new();
+    let mut wait = full.as_secs_f64() / 10.0;
+    for _ in 0..60 {
+        let log = tmp.path().join("stderr.txt");
+        let mut child = bin()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .arg("--run-dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs_f64(wait * rng.random_range(0.5..1.5));
+        let mut finished = None;
+        while Instant::now() < deadline {
+            if let Some(s) = child.try_wait().unwrap() {
+                finished = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(s) = finished {
+            assert!(s.success(), "{}", std::fs::read_to_string(&log).unwrap());
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(stage) = text.lines().rev().find(|l| l.starts_with("==> ")) {
+            for k in ["acquiring", "asking", "training", "evaluating"] {
+                if stage.contains(k) {
+                    stages_hit.insert(k);
+                }
+            }
+        }
+        // Later attempts get longer so every stage can finish eventually.
+        wait *= 1.08;
+    }
+    // Whatever state the last kill left, the same command finishes the run.
+    run_to_end(&cfg, &dir);
+    eprintln!("uninterrupted run {:.2} s; {kills} kills, landing in {stages_hit:?}", full.as_secs_f64());
+    assert!(kills >= 4, "only {kills} kills");
+    assert!(stages_hit.len() >= 3, "kills landed only in {stages_hit:?}");
+    assert_eq!(outcome(&dir), want, "the killed-and-resumed run ended with other labels or win rates");
+    // Nothing was asked twice, except a question whose answer arrived after the kill and was never recorded.
+    let seen = seen.lock().unwrap();
+    let repeats: usize = seen.values().map(|&n| n - 1).sum();
+    assert!(repeats <= kills, "{repeats} repeated questions for {kills} kills");
+    let asked: usize = seen.values().sum();
+    assert!(asked <= asked_whole + kills, "asked {asked}, uninterrupted run asked {asked_whole}");
+}
+
+#[test]
+fn an_unreachable_judge_stops_with_a_clear_message_and_the_run_resumes_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A port with nothing listening.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = format!("http://127.0.0.1:{port}/v1");
+    let cfg = setup(tmp.path(), &dead);
+    let dir = tmp.path().join("run");
+    let o = bin().args(["run", "--config"]).arg(&cfg).arg("--run-dir").arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(&dead) && err.contains("resume"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // The acquisition made before the failure is kept.
+    assert!(dir.join("store.sqlite").exists());
+    // Point the config at a live judge (same config otherwise) — a changed config is refused, so bring the
+    // judge up on the same port instead and rerun the same command.
+    let l = TcpListener::bind(("127.0.0.1", port));
+    if let Ok(l) = l {
+        let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(s, &seen);
+                });
+            }
+        });
+        let log = run_to_end(&cfg, &dir);
+        assert!(log.contains("Report:"), "{log}");
+    }
+}
+
+#[test]
+fn run_help_and_print_config() {
+    let o = bin().args(["run", "--help"]).output().unwrap();
+    let h = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && h.contains("--config") && h.contains("--run-dir") && h.contains("resume"), "{h}");
+    let o = bin().args(["run", "--print-config"]).output().unwrap();
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(t.contains("strategy = \"hybrid\"") && t.contains("[oracle.judge]"), "{t}");
+    // Bad config: the file and key are named, nothing is created.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[acquisition]\nstrategy = \"bald\"\n").unwrap();
+    let o = bin().args(["run", "--config"]).arg(&bad).arg("--run-dir").arg(tmp.path().join("r")).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(e.contains("bad.toml") && e.contains("bald"), "{e}");
+    assert!(!tmp.path().join("r").exists());
+    // An empty prompt file is refused before any work.
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let model = tmp.path().join("model");
+    tiny_model("llama", 1, DType::F32).unwrap().save(&model).unwrap();
+    let c = tmp.path().join("c.toml");
+    std::fs::write(
+        &c,
+        format!(
+            "model = \"{}\"\n[prompts]\nsource = \"{}\"\n[oracle]\nkind = \"vader\"\n",
+            model.display(),
+            empty.display()
+        ),
+    )
+    .unwrap();
+    let o = bin().args(["run", "--config"]).arg(&c).arg("--run-dir").arg(tmp.path().join("r2")).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("empty.txt") && e.contains("0 usable prompts"), "{e}");
+}
