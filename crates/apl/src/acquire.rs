@@ -115,12 +115,18 @@ pub fn acquire(
     let g = &cfg.generation;
     let beta = cfg.train.loss.beta;
     let mut rng = rng_for(seed, &[0]);
+    // Distinct prompts while the pool lasts; a draw larger than the pool goes through it again in a new
+    // order (the paper cycles its prompt loader the same way: its hybrid draws more prompts than IMDB has).
     let draw = |k: usize, rng: &mut StdRng| -> Result<Vec<&Prompt>> {
-        if k > pool.len() {
-            bail!("acquisition draws {k} prompts but the training pool holds only {}", pool.len());
+        if pool.is_empty() {
+            bail!("acquisition needs prompts but the training pool is empty");
         }
-        let idx = rand::seq::index::sample(rng, pool.len(), k);
-        Ok(idx.iter().map(|i| &pool[i]).collect())
+        let mut out = Vec::with_capacity(k);
+        while out.len() < k {
+            let take = (k - out.len()).min(pool.len());
+            out.extend(rand::seq::index::sample(rng, pool.len(), take).iter().map(|i| &pool[i]));
+        }
+        Ok(out)
     };
     let (prompts, entropy): (Vec<&Prompt>, Option<Vec<f64>>) = match a.strategy {
         Strategy::Random | Strategy::Offline => (draw(need, &mut rng)?, None),

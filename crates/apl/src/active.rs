@@ -161,6 +161,14 @@ impl<'a> ActiveLoop<'a> {
             eval.len(),
             source.display()
         )));
+        let draw = self.cfg.prompts_per_draw();
+        if draw > train.len() {
+            self.emit(Event::Info(format!(
+                "{} acquisition draws up to {draw} prompts per round from {}: prompts repeat, as in the paper",
+                self.cfg.acquisition.strategy.name(),
+                train.len()
+            )));
+        }
         self.store.insert_prompts(&train, &eval)
     }
 

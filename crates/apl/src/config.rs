@@ -319,7 +319,17 @@ impl ActiveConfig {
 
     /// The config as TOML (every key, defaults included).
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("config serialises")
+        let mut v = toml::Value::try_from(self).expect("config serialises");
+        // No LoRA is written as `r = 0`, so the text parses back to full fine-tuning (a missing table would
+        // mean "the default", which is LoRA).
+        if self.train.lora.is_none() {
+            if let Some(t) = v.get_mut("train").and_then(|t| t.as_table_mut()) {
+                let mut l = toml::map::Map::new();
+                l.insert("r".into(), toml::Value::Integer(0));
+                t.insert("lora".into(), toml::Value::Table(l));
+            }
+        }
+        toml::to_string(&v).expect("config serialises")
     }
 
     /// Checks that need no files; each message names the key and the value expected.
@@ -384,17 +394,22 @@ impl ActiveConfig {
         Ok(())
     }
 
-    /// The largest number of prompts one acquisition draws: the pool must hold at least this many.
-    pub fn prompts_per_draw(&self) -> usize {
+    /// The most labels one round acquires.
+    pub fn max_labels_per_round(&self) -> usize {
         let t = self.rounds.targets();
-        let need = t.iter().zip(std::iter::once(&0).chain(t.iter())).map(|(a, b)| a - b).max().unwrap_or(0);
+        t.iter().zip(std::iter::once(&0).chain(t.iter())).map(|(a, b)| a - b).max().unwrap_or(0)
+    }
+
+    /// The largest number of prompts one acquisition draws (prompts repeat when the pool is smaller).
+    pub fn prompts_per_draw(&self) -> usize {
         let a = &self.acquisition;
-        need * match a.strategy {
-            Strategy::Random | Strategy::Offline => 1,
-            Strategy::Entropy => a.over_sample_prompts_factor,
-            Strategy::Certainty | Strategy::Uncertainty => a.over_generate_factor,
-            Strategy::Hybrid => a.over_generate_factor * a.over_sample_prompts_factor,
-        }
+        self.max_labels_per_round()
+            * match a.strategy {
+                Strategy::Random | Strategy::Offline => 1,
+                Strategy::Entropy => a.over_sample_prompts_factor,
+                Strategy::Certainty | Strategy::Uncertainty => a.over_generate_factor,
+                Strategy::Hybrid => a.over_generate_factor * a.over_sample_prompts_factor,
+            }
     }
 
     /// A path from the config, relative to the config file's folder when not absolute.

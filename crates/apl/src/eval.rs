@@ -54,8 +54,9 @@ pub fn run_report(run: &ActiveLoop, results: &[RoundResult]) -> Result<String> {
                 p_hat: p.p_hat,
                 score: p.score,
                 selected: p.selected,
+                // With p̂ = ½ (the first round, π = π_ref) the model favours neither: no agreement to speak of.
                 oracle_agrees: match p.preferred {
-                    Some(Some(pref)) => Some((p.p_hat >= 0.5) == (pref == 0)),
+                    Some(Some(pref)) if (p.p_hat - 0.5).abs() > 1e-9 => Some((p.p_hat > 0.5) == (pref == 0)),
                     _ => None,
                 },
             })

@@ -75,6 +75,7 @@ pub fn fit_sentiment(run_dir: &Path, snippets: &Path) -> Result<(SentimentModel,
     let acc = model.accuracy(&held_out);
     let vader = Vader::new();
     let vader_acc = sign_accuracy(&held_out, |t| vader.compound(t));
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let path = run_dir.join("oracle-sentiment.json");
     model.save(&path).with_context(|| format!("saving the sentiment oracle to {}", path.display()))?;
     let note = format!(

@@ -64,12 +64,13 @@ pub fn build_pool(cfg: &ActiveConfig, tok: &Tokenizer, texts: &[String], source:
         let ids = ids[..keep.min(ids.len())].to_vec();
         prompts.push((tok.decode(&ids, false)?, ids));
     }
-    let need_train = cfg.prompts_per_draw();
+    // Each label needs its own prompt; larger draws (entropy, certainty) may repeat prompts.
+    let need_train = cfg.max_labels_per_round();
     let need = cfg.eval.prompts + need_train;
     if prompts.len() < need {
         bail!(
             "{}: {} usable prompts ({} texts, {} shorter than prompts.min_source_tokens = {}); this config needs at \
-             least {} ({} held out for evaluation + {} per acquisition draw of {} strategy)",
+             least {} ({} held out for evaluation + {}, the most labels one round acquires)",
             source.display(),
             prompts.len(),
             texts.len(),
@@ -78,7 +79,6 @@ pub fn build_pool(cfg: &ActiveConfig, tok: &Tokenizer, texts: &[String], source:
             need,
             cfg.eval.prompts,
             need_train,
-            cfg.acquisition.strategy.name()
         );
     }
     prompts.shuffle(&mut rng_for(cfg.seed, &[0x71]));

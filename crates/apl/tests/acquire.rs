@@ -188,10 +188,17 @@ fn the_entropy_filter_keeps_the_highest_entropy_prompts() {
 }
 
 #[test]
-fn too_small_a_pool_is_an_error() {
+fn a_draw_larger_than_the_pool_repeats_prompts_and_an_empty_pool_is_an_error() {
     let m = tiny_model("llama", 1, DType::F32).unwrap();
     let p = pool(&m.tokenizer, 5);
     let models = Models { policy: &m, reference: &m, policy_is_reference: true };
-    let e = acquire(&tiny_cfg(Strategy::Certainty), &models, &p, 4, 0, &mut |_, _, _| {}).unwrap_err();
-    assert!(e.to_string().contains("draws 12 prompts but the training pool holds only 5"), "{e}");
+    // Certainty with ogf 3 draws 12 prompts from 5: every prompt at least twice, none more than thrice.
+    let c = acquire(&tiny_cfg(Strategy::Certainty), &models, &p, 4, 0, &mut |_, _, _| {}).unwrap();
+    assert_eq!(c.len(), 12);
+    for id in 1..=5 {
+        let n = c.iter().filter(|x| x.prompt_id == id).count();
+        assert!((2..=3).contains(&n), "prompt {id} drawn {n} times");
+    }
+    let e = acquire(&tiny_cfg(Strategy::Random), &models, &[], 4, 0, &mut |_, _, _| {}).unwrap_err();
+    assert!(e.to_string().contains("pool is empty"), "{e}");
 }

@@ -298,7 +298,7 @@ fn bad_configs_and_pools_fail_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = cfg();
     c.acquisition.strategy = Strategy::Hybrid;
-    c.rounds.labels_per_round = 100; // 100 × 2 × 2 = 400 prompts per draw, the pool has ~194
+    c.rounds.labels_per_round = 195; // with 6 held out, 200 prompts cannot give 195 distinct ones
     let mut ev = |_e: Event| {};
     let mut run = ActiveLoop::open(
         c,
@@ -310,7 +310,7 @@ fn bad_configs_and_pools_fail_before_any_work() {
     )
     .unwrap();
     let e = run.ensure_pool(&texts(), Path::new("texts.txt")).unwrap_err().to_string();
-    assert!(e.contains("texts.txt") && e.contains("usable prompts") && e.contains("400 per acquisition draw"), "{e}");
+    assert!(e.contains("texts.txt") && e.contains("usable prompts") && e.contains("201 (6 held out"), "{e}");
     let e = run.ensure_pool(&[], Path::new("empty.txt")).unwrap_err().to_string();
     assert!(e.contains("empty.txt: 0 usable prompts"), "{e}");
     drop(run);
@@ -352,4 +352,24 @@ fn bad_configs_and_pools_fail_before_any_work() {
     // The printed config parses back to itself.
     let d = ActiveConfig::default();
     assert_eq!(ActiveConfig::from_toml(&d.to_toml()).unwrap().to_toml(), d.to_toml());
+}
+
+#[test]
+fn the_paper_config_parses_to_the_papers_settings() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/paper-imdb.toml");
+    let c = ActiveConfig::from_toml_file(&path).unwrap();
+    assert_eq!(c.rounds.targets(), vec![128, 256, 384, 512, 640, 768]);
+    assert_eq!(c.train.loss.beta, 0.2);
+    assert_eq!(c.train.learning_rate, 1e-6);
+    assert_eq!(c.train.epochs, 50);
+    assert_eq!(c.train.batch_size * c.train.gradient_accumulation_steps, 64);
+    assert!(c.train.lora.is_none(), "the paper fine-tunes all weights");
+    let a = &c.acquisition;
+    assert_eq!((a.over_generate_factor, a.over_sample_prompts_factor, a.entropy_samples), (32, 8, 8));
+    let g = &c.generation;
+    assert_eq!((g.temperature, g.entropy_temperature, g.eval_temperature), (0.7, 1.0, 0.25));
+    assert_eq!((g.min_new_tokens, g.max_new_tokens), (16, 24));
+    assert_eq!(c.prompts_per_draw(), 128 * 32 * 8);
+    // Its printed form parses back to the same config (full fine-tuning stays full fine-tuning).
+    assert_eq!(ActiveConfig::from_toml(&c.to_toml()).unwrap().to_toml(), c.to_toml());
 }
