@@ -25,6 +25,7 @@ use lm::LanguageModel;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
+use std::collections::HashMap;
 
 /// Chooses `k` of `scores` (higher = better) and returns their indices, best first.
 ///
@@ -97,6 +98,9 @@ pub struct Models<'a> {
     pub reference: &'a LanguageModel,
     /// True in the first round: the policy is the reference, so its log-probs need no second pass.
     pub policy_is_reference: bool,
+    /// Offline simulation: candidate pairs come from a preference file (prompt text → its pairs) instead of
+    /// being sampled; drawn prompts never repeat.
+    pub fixed_pairs: Option<&'a HashMap<String, Vec<[String; 2]>>>,
 }
 
 /// Progress callback: (stage, done, total).
@@ -121,6 +125,8 @@ pub fn acquire(
         if pool.is_empty() {
             bail!("acquisition needs prompts but the training pool is empty");
         }
+        // A preference file's pairs are a finite pool: never the same pair twice.
+        let k = if models.fixed_pairs.is_some() { k.min(pool.len()) } else { k };
         let mut out = Vec::with_capacity(k);
         while out.len() < k {
             let take = (k - out.len()).min(pool.len());
@@ -142,7 +148,17 @@ pub fn acquire(
         }
     };
     let sampler = if a.strategy == Strategy::Offline { models.reference } else { models.policy };
-    let pairs = sample_pairs(cfg, sampler, &prompts, seed_for(seed, &[2]), progress)?;
+    let pairs = match models.fixed_pairs {
+        Some(fixed) => file_pairs(sampler, fixed, &prompts, seed_for(seed, &[2]))?,
+        None => sample_pairs(cfg, sampler, &prompts, seed_for(seed, &[2]), progress)?
+            .into_iter()
+            .map(|t| {
+                let text = decode(sampler, &t);
+                (t, text)
+            })
+            .collect(),
+    };
+    let (pairs, texts): (Vec<Vec<u32>>, Vec<String>) = pairs.into_iter().unzip();
     let (logp, ref_logp) = score_pairs(models, &prompts, &pairs, g.batch_size, progress)?;
     let mut cands: Vec<Candidate> = prompts
         .iter()
@@ -153,7 +169,7 @@ pub fn acquire(
                 prompt_id: p.id,
                 prompt: p.text.clone(),
                 prompt_tokens: p.tokens.clone(),
-                completions: [decode(sampler, &t0), decode(sampler, &t1)],
+                completions: [texts[2 * i].clone(), texts[2 * i + 1].clone()],
                 tokens: [t0, t1],
                 entropy: entropy.as_ref().map(|h| h[i]),
                 logp: logp[i],
@@ -224,6 +240,31 @@ pub fn estimate_entropy(
     )?;
     let neg: Vec<f64> = samples.iter().map(|s| -s.sum_logprob()).collect();
     Ok(entropy_means(&neg, n, a.entropy_window_bug))
+}
+
+/// One pair per prompt from a preference file (a seeded choice when a prompt has several), tokenized;
+/// rows 2i and 2i+1 like [`sample_pairs`].
+fn file_pairs(
+    model: &LanguageModel,
+    fixed: &HashMap<String, Vec<[String; 2]>>,
+    prompts: &[&Prompt],
+    seed: u64,
+) -> Result<Vec<(Vec<u32>, String)>> {
+    let mut rng = rng_for(seed, &[0]);
+    let mut out = Vec::with_capacity(2 * prompts.len());
+    for p in prompts {
+        let list = fixed.get(&p.text).filter(|l| !l.is_empty());
+        let Some(list) = list else { bail!("prompt {:?} has no pair in the preference file", p.text) };
+        let pair = &list[rng.random_range(0..list.len())];
+        for c in pair {
+            let t = model.tokenizer.encode_plain(c)?;
+            if t.is_empty() {
+                bail!("an empty completion in the preference file (prompt {:?})", p.text);
+            }
+            out.push((t, c.clone()));
+        }
+    }
+    Ok(out)
 }
 
 /// Two completions per prompt (rows 2i and 2i+1) at the pair temperature.

@@ -121,6 +121,9 @@ pub struct ActiveLoop<'a> {
     pub oracle: OracleHandle,
     /// Judges evaluation pairs when the run's oracle cannot (a person, a preference file).
     pub eval_oracle: Option<Box<dyn Oracle>>,
+    /// Offline simulation: candidate pairs come from a preference file (prompt text → pairs) instead of
+    /// being sampled; set with [`ActiveLoop::use_fixed_pairs`] before [`ActiveLoop::ensure_pool`].
+    pub fixed_pairs: Option<HashMap<String, Vec<[String; 2]>>>,
     pub events: &'a mut dyn FnMut(Event),
 }
 
@@ -142,11 +145,21 @@ impl<'a> ActiveLoop<'a> {
         store.check_config(&toml)?;
         store.set_meta("beta", &cfg.train.loss.beta.to_string())?;
         std::fs::write(dir.config(), &toml)?;
-        Ok(Self { cfg, dir, store, base, oracle, eval_oracle, events })
+        Ok(Self { cfg, dir, store, base, oracle, eval_oracle, fixed_pairs: None, events })
     }
 
     fn emit(&mut self, e: Event) {
         (self.events)(e)
+    }
+
+    /// Candidate pairs from a preference file instead of the policy (offline simulation with the dataset
+    /// oracle). The prompts are the file's, whole.
+    pub fn use_fixed_pairs(&mut self, pairs: &[Comparison]) {
+        let mut map: HashMap<String, Vec<[String; 2]>> = HashMap::new();
+        for c in pairs {
+            map.entry(c.prompt.clone()).or_default().push(c.completions.clone());
+        }
+        self.fixed_pairs = Some(map);
     }
 
     /// Stores the prompt pool on first use (a resumed run keeps its pool).
@@ -154,7 +167,13 @@ impl<'a> ActiveLoop<'a> {
         if !self.store.prompts("train")?.is_empty() {
             return Ok(());
         }
-        let (train, eval) = crate::prompts::build_pool(&self.cfg, &self.base.tokenizer, texts, source)?;
+        let mut cfg = self.cfg.clone();
+        if self.fixed_pairs.is_some() {
+            // A preference file's prompts are used whole, whatever their length.
+            cfg.prompts.max_tokens = 0;
+            cfg.prompts.min_source_tokens = 1;
+        }
+        let (train, eval) = crate::prompts::build_pool(&cfg, &self.base.tokenizer, texts, source)?;
         self.emit(Event::Info(format!(
             "prompt pool: {} for acquisition, {} held out for evaluation (from {})",
             train.len(),
@@ -237,9 +256,25 @@ impl<'a> ActiveLoop<'a> {
                 "round {round}/{rounds}: acquiring {need} pair(s) ({strategy}{})",
                 if attempt > 0 { format!(", attempt {}", attempt + 1) } else { String::new() }
             )));
-            let pool = self.store.prompts("train")?;
+            let mut pool = self.store.prompts("train")?;
+            if self.fixed_pairs.is_some() {
+                // Each of the file's pairs is labelled at most once.
+                let used = self.store.selected_prompt_ids()?;
+                pool.retain(|p| !used.contains(&p.id));
+                if pool.is_empty() {
+                    bail!(
+                        "round {round}: every prompt of the preference file has been acquired ({have} labels); \
+                         the schedule asks for {target}: use a larger file or a smaller rounds.schedule"
+                    );
+                }
+            }
             let t0 = Instant::now();
-            let models = Models { policy, reference: &self.base, policy_is_reference: round == 1 };
+            let models = Models {
+                policy,
+                reference: &self.base,
+                policy_is_reference: round == 1,
+                fixed_pairs: self.fixed_pairs.as_ref(),
+            };
             let seed = seed_for(self.cfg.seed, &[ACQUIRE, round as u64, attempt as u64]);
             let events = &mut self.events;
             let cands = acquire(&self.cfg, &models, &pool, need, seed, &mut |what, done, total| {

@@ -60,7 +60,12 @@ pub fn build_pool(cfg: &ActiveConfig, tok: &Tokenizer, texts: &[String], source:
             too_short += 1;
             continue;
         }
-        let keep = if p.max_tokens == 0 { ids.len() } else { rng.random_range(p.min_tokens.max(1)..=p.max_tokens) };
+        if p.max_tokens == 0 {
+            // Whole texts keep their exact wording (a preference file's prompts are looked up by it).
+            prompts.push((t.clone(), ids));
+            continue;
+        }
+        let keep = rng.random_range(p.min_tokens.max(1)..=p.max_tokens);
         let ids = ids[..keep.min(ids.len())].to_vec();
         prompts.push((tok.decode(&ids, false)?, ids));
     }

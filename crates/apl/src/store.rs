@@ -313,6 +313,13 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Prompts of every candidate selected so far.
+    pub fn selected_prompt_ids(&self) -> Result<std::collections::HashSet<i64>> {
+        let mut st = self.conn.prepare("SELECT DISTINCT prompt_id FROM candidates WHERE selected = 1")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Commits one label (`preferred = None`: the oracle gave no preference; the point is dropped). Returns
     /// only after the commit is durable. A query already labelled is refused, so nothing is asked twice.
     pub fn record_label(

@@ -114,7 +114,7 @@ fn each_strategy_selects_what_it_says_on_a_tiny_model() {
     let reference = tiny_model("llama", 1, DType::F32).unwrap();
     // A different policy so implicit rewards are not all zero.
     let policy = tiny_model("llama", 2, DType::F32).unwrap();
-    let models = Models { policy: &policy, reference: &reference, policy_is_reference: false };
+    let models = Models { policy: &policy, reference: &reference, policy_is_reference: false, fixed_pairs: None };
     let p = pool(&reference.tokenizer, 60);
     let need = 4;
     for s in [
@@ -178,7 +178,7 @@ fn the_entropy_filter_keeps_the_highest_entropy_prompts() {
     let refs: Vec<&Prompt> = p.iter().collect();
     let h = apl::acquire::estimate_entropy(&cfg, &m, &refs, 11, &mut |_, _, _| {}).unwrap();
     assert_eq!(h.len(), p.len());
-    let models = Models { policy: &m, reference: &m, policy_is_reference: true };
+    let models = Models { policy: &m, reference: &m, policy_is_reference: true, fixed_pairs: None };
     let c = acquire(&cfg, &models, &p, 5, 0, &mut |_, _, _| {}).unwrap();
     // The entropies stored with the selected prompts are the top of what was estimated for the draw.
     let kept: Vec<f64> = c.iter().map(|x| x.entropy.unwrap()).collect();
@@ -191,7 +191,7 @@ fn the_entropy_filter_keeps_the_highest_entropy_prompts() {
 fn a_draw_larger_than_the_pool_repeats_prompts_and_an_empty_pool_is_an_error() {
     let m = tiny_model("llama", 1, DType::F32).unwrap();
     let p = pool(&m.tokenizer, 5);
-    let models = Models { policy: &m, reference: &m, policy_is_reference: true };
+    let models = Models { policy: &m, reference: &m, policy_is_reference: true, fixed_pairs: None };
     // Certainty with ogf 3 draws 12 prompts from 5: every prompt at least twice, none more than thrice.
     let c = acquire(&tiny_cfg(Strategy::Certainty), &models, &p, 4, 0, &mut |_, _, _| {}).unwrap();
     assert_eq!(c.len(), 12);

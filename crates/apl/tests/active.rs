@@ -373,3 +373,68 @@ fn the_paper_config_parses_to_the_papers_settings() {
     // Its printed form parses back to the same config (full fine-tuning stays full fine-tuning).
     assert_eq!(ActiveConfig::from_toml(&c.to_toml()).unwrap().to_toml(), c.to_toml());
 }
+
+#[test]
+fn offline_simulation_takes_pairs_and_labels_from_a_preference_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("prefs.jsonl");
+    let mut lines = Vec::new();
+    for i in 0..30 {
+        let row = serde_json::json!({"prompt": format!("opening number {i} of a review"),
+            "chosen": format!(" see the tree {i}"), "rejected": format!(" odd squad {i}")});
+        lines.push(row.to_string());
+    }
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let mut c = cfg();
+    c.oracle.kind = OracleKind::Dataset;
+    c.oracle.dataset = file.display().to_string();
+    c.eval.oracle = Some(OracleKind::Vader);
+    let data = oracle::dataset::DatasetOracle::open(&file).unwrap();
+    let pairs = data.pairs();
+    let texts: Vec<String> = pairs.iter().map(|p| p.prompt.clone()).collect();
+    let mut ev = |_e: Event| {};
+    let eval = Some(Box::new(ScoreOracle(LetterE)) as Box<dyn Oracle>);
+    let mut run = ActiveLoop::open(
+        c.clone(),
+        tmp.path(),
+        tiny_model("llama", 1, DType::F32).unwrap(),
+        OracleHandle::Sync(Box::new(data)),
+        eval,
+        &mut ev,
+    )
+    .unwrap();
+    run.use_fixed_pairs(&pairs);
+    run.ensure_pool(&texts, &file).unwrap();
+    let res = run.run().unwrap();
+    assert_eq!(res.last().unwrap().labels, 8);
+    drop(run);
+    let labels = std::fs::read_to_string(tmp.path().join("labels.jsonl")).unwrap();
+    let mut prompts = std::collections::HashSet::new();
+    for l in labels.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let p = v["prompt"].as_str().unwrap();
+        assert!(p.starts_with("opening number"), "whole prompts from the file: {p}");
+        assert!(v["chosen"].as_str().unwrap().starts_with(" see the tree"), "{l}");
+        assert!(v["rejected"].as_str().unwrap().starts_with(" odd squad"), "{l}");
+        assert!(prompts.insert(p.to_string()), "pair labelled twice: {p}");
+    }
+    // Asking for more labels than the file has (30 pairs, 6 held out) stops with a clear message.
+    let dir2 = tmp.path().join("more");
+    let mut c2 = c.clone();
+    c2.rounds.schedule = vec![20, 40];
+    let data = oracle::dataset::DatasetOracle::open(&file).unwrap();
+    let mut ev = |_e: Event| {};
+    let mut run = ActiveLoop::open(
+        c2,
+        &dir2,
+        tiny_model("llama", 1, DType::F32).unwrap(),
+        OracleHandle::Sync(Box::new(data)),
+        Some(Box::new(ScoreOracle(LetterE)) as Box<dyn Oracle>),
+        &mut ev,
+    )
+    .unwrap();
+    run.use_fixed_pairs(&pairs);
+    run.ensure_pool(&texts, &file).unwrap();
+    let e = run.run().unwrap_err().to_string();
+    assert!(e.contains("every prompt of the preference file has been acquired"), "{e}");
+}

@@ -104,16 +104,27 @@ fn run_one(cfg: ActiveConfig, dir: &Path, base: lm::LanguageModel, bars: &mut Ba
     let assets = assets::default_dir();
     let snippets = assets.join(assets::MOVIE_SNIPPETS);
     let source = if cfg.prompts.source.is_empty() { snippets.clone() } else { PathBuf::from(&cfg.prompts.source) };
-    if !source.exists() {
+    if !source.exists() && cfg.oracle.kind != OracleKind::Dataset {
         if cfg.prompts.source.is_empty() {
             bail!("{} not found: run `activepref assets fetch` first", source.display());
         }
         bail!("prompts.source = {:?}: no such file", cfg.prompts.source);
     }
-    let texts = apl::prompts::read_texts(&source)?;
+    // With the dataset oracle the file is also the candidate pool: its prompts, its pairs.
+    let file_pairs = match cfg.oracle.kind {
+        OracleKind::Dataset => Some(oracle::dataset::DatasetOracle::open(Path::new(&cfg.oracle.dataset))?.pairs()),
+        _ => None,
+    };
+    let (texts, source) = match &file_pairs {
+        Some(p) => (p.iter().map(|c| c.prompt.clone()).collect(), PathBuf::from(&cfg.oracle.dataset)),
+        None => (apl::prompts::read_texts(&source)?, source),
+    };
     let o = apl::oracles::build(&cfg, dir, &snippets)?;
     let mut events = |e: Event| bars.handle(e);
     let mut run = ActiveLoop::open(cfg, dir, base, o.main, o.eval, &mut events)?;
+    if let Some(p) = &file_pairs {
+        run.use_fixed_pairs(p);
+    }
     if let Some(n) = o.note {
         run.store.set_meta("oracle_note", &n)?;
         (run.events)(Event::Info(n));
