@@ -214,6 +214,9 @@ pub struct Judge {
     cache: HashMap<String, String>,
     cache_writer: Option<File>,
     stats: JudgeStats,
+    /// Calls and tokens paid by earlier processes, as recorded in the cache file: budgets cover the whole
+    /// run across resumes, not one process.
+    spent_before: JudgeStats,
 }
 
 /// One line of the cache file.
@@ -290,12 +293,12 @@ impl Judge {
             .build()
             .new_agent();
 
-        let (cache, cache_writer) = match &cfg.cache_file {
+        let (cache, cache_writer, spent_before) = match &cfg.cache_file {
             Some(path) => {
-                let (cache, file) = open_cache(path)?;
-                (cache, Some(file))
+                let (cache, file, before) = open_cache(path)?;
+                (cache, Some(file), before)
             }
-            None => (HashMap::new(), None),
+            None => (HashMap::new(), None, JudgeStats::default()),
         };
 
         Ok(Self {
@@ -308,6 +311,7 @@ impl Judge {
             cache,
             cache_writer,
             stats: JudgeStats::default(),
+            spent_before,
         })
     }
 
@@ -376,17 +380,16 @@ impl Judge {
     /// Fails if the next HTTP call would go over a budget, before anything is sent.
     fn check_budget(&self) -> Result<()> {
         let resume = "raise it in the judge config and rerun the same command to resume (answered pairs are kept)";
+        let (calls, tokens) =
+            (self.stats.calls + self.spent_before.calls, self.stats.tokens + self.spent_before.tokens);
         if let Some(max) = self.cfg.max_calls {
-            if self.stats.calls >= max {
-                bail!("judge budget of {max} calls spent (max_calls); {resume}");
+            if calls >= max {
+                bail!("judge budget of {max} calls spent (max_calls, counting the calls in the cache file); {resume}");
             }
         }
         if let Some(max) = self.cfg.max_cost_tokens {
-            if self.stats.tokens >= max {
-                bail!(
-                    "judge token budget of {max} spent ({} tokens used, max_cost_tokens); {resume}",
-                    self.stats.tokens
-                );
+            if tokens >= max {
+                bail!("judge token budget of {max} spent ({tokens} tokens used, max_cost_tokens); {resume}");
             }
         }
         Ok(())
@@ -661,7 +664,7 @@ fn snippet(body: &str) -> String {
 /// it was never acknowledged, so it is cut off (or, if it is a whole entry that lost its newline, kept and
 /// terminated) and appends continue on a clean line. A broken line anywhere else means something else
 /// wrote the file, and is an error rather than a silent loss of paid replies.
-fn open_cache(path: &Path) -> Result<(HashMap<String, String>, File)> {
+fn open_cache(path: &Path) -> Result<(HashMap<String, String>, File, JudgeStats)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -675,6 +678,12 @@ fn open_cache(path: &Path) -> Result<(HashMap<String, String>, File)> {
     file.read_to_end(&mut bytes).with_context(|| format!("reading the judge cache {}", path.display()))?;
 
     let mut cache = HashMap::new();
+    // What earlier processes paid for: every cache entry was one answered call.
+    let mut before = JudgeStats::default();
+    let mut count = |e: &CacheLine| {
+        before.calls += 1;
+        before.tokens += e.usage.get("total_tokens").and_then(Value::as_u64).unwrap_or(0);
+    };
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -683,12 +692,14 @@ fn open_cache(path: &Path) -> Result<(HashMap<String, String>, File)> {
         let entry: CacheLine = serde_json::from_slice(line).with_context(|| {
             format!("the judge cache {} line {} is not a cache entry; delete that line to go on", path.display(), n + 1)
         })?;
+        count(&entry);
         cache.insert(entry.key, entry.reply);
     }
     let torn = &bytes[complete..];
     if !torn.iter().all(u8::is_ascii_whitespace) {
         let fix = match serde_json::from_slice::<CacheLine>(torn) {
             Ok(entry) => {
+                count(&entry);
                 cache.insert(entry.key, entry.reply);
                 file.write_all(b"\n")
             }
@@ -698,7 +709,7 @@ fn open_cache(path: &Path) -> Result<(HashMap<String, String>, File)> {
         fix.and_then(|_| file.sync_data())
             .with_context(|| format!("repairing the torn last line of the judge cache {}", path.display()))?;
     }
-    Ok((cache, file))
+    Ok((cache, file, before))
 }
 
 #[cfg(test)]

@@ -398,6 +398,28 @@ fn call_budget_stops_before_the_call() {
 }
 
 #[test]
+fn the_call_budget_counts_calls_paid_by_earlier_processes() {
+    let server = Server::start(great_judge);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = JudgeConfig {
+        max_calls: Some(3),
+        cache_file: Some(dir.path().join("cache.jsonl")),
+        ..config(&server.base_url)
+    };
+    let mut first = Judge::new(cfg.clone()).unwrap();
+    first.compare(&pair(0)).unwrap();
+    first.compare(&pair(1)).unwrap();
+    drop(first);
+    // A resumed run: two of its three calls are already spent.
+    let mut second = Judge::new(cfg).unwrap();
+    assert_eq!(second.compare(&pair(0)).unwrap().preferred, Some(0), "cached, free");
+    second.compare(&pair(2)).unwrap();
+    let err = second.compare(&pair(3)).unwrap_err().to_string();
+    assert!(err.contains("judge budget of 3 calls spent"), "{err}");
+    assert_eq!(server.count(), 3);
+}
+
+#[test]
 fn token_budget_stops_before_the_call() {
     let server = Server::start(great_judge);
     let mut judge = Judge::new(JudgeConfig { max_cost_tokens: Some(50), ..config(&server.base_url) }).unwrap();
