@@ -62,12 +62,14 @@ pub fn train(a: RewardTrainArgs) -> Result<()> {
     let w = fit(&d_train, &cfg);
     pb.finish_and_clear();
     let info = RewardInfo {
-        model: a
-            .model
-            .model
-            .clone()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| crate::assets::default_model().map(|p| p.display().to_string()).unwrap_or_default()),
+        // Absolute, so the reward model loads from any working directory.
+        model: match a.model.model.clone() {
+            Some(p) => p,
+            None => crate::assets::default_model()?,
+        }
+        .canonicalize()?
+        .display()
+        .to_string(),
         feature: "mean of the final hidden states over prompt + completion tokens".into(),
         train_pairs: train.len(),
         held_out_pairs: held.len(),

@@ -331,3 +331,91 @@ fn run_help_and_print_config() {
     assert_eq!(o.status.code(), Some(1), "{e}");
     assert!(e.contains("empty.txt") && e.contains("0 usable prompts"), "{e}");
 }
+
+/// Cells of a markdown table line `| a | b |`, trimmed.
+fn cells(line: &str) -> Vec<String> {
+    line.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect()
+}
+
+#[test]
+fn experiment_prints_the_table_and_writes_the_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, seen) = judge_server();
+    let cfg = setup(tmp.path(), &url);
+    let out = tmp.path().join("exp");
+    let experiment = || {
+        let t0 = Instant::now();
+        let o = bin()
+            .args(["experiment", "--config"])
+            .arg(&cfg)
+            .args(["--strategies", "random,certainty", "--seeds", "2", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let (so, se) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+        assert!(o.status.success(), "experiment failed:\n{so}\n{se}");
+        (so, se, t0.elapsed())
+    };
+    let (stdout, _, first) = experiment();
+    eprintln!("{stdout}");
+    let asked: usize = seen.lock().unwrap().values().sum();
+
+    // The markdown table: header `strategy / labels | 4 | 8`, an alignment line, one row per strategy with a
+    // win rate (mean ± s.e. of the 2 seeds, in percent) in each column.
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.trim_start().starts_with('|')).collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(cells(lines[0]), ["strategy / labels", "4", "8"], "{stdout}");
+    assert!(cells(lines[1]).iter().all(|c| c.chars().all(|ch| ch == '-' || ch == ':') && c.contains('-')), "{stdout}");
+    for (line, name) in lines[2..].iter().zip(["random", "certainty"]) {
+        let c = cells(line);
+        assert_eq!(c[0], name, "{stdout}");
+        for v in &c[1..] {
+            let (mean, se) = v.trim_matches('*').split_once('±').unwrap_or_else(|| panic!("cell {v:?}\n{stdout}"));
+            let mean: f64 = mean.parse().unwrap();
+            let se: f64 = se.parse().unwrap();
+            assert!((0.0..=100.0).contains(&mean) && se >= 0.0, "cell {v:?}");
+        }
+    }
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(stdout.contains(table.trim_end()), "table.md differs from the printed table:\n{table}\n{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let cells_json = results["cells"].as_array().unwrap();
+    assert_eq!(cells_json.len(), 4, "{results}");
+    assert!(cells_json.iter().all(|c| c["win_rates"].as_array().unwrap().len() == 2), "{results}");
+    let html = std::fs::read_to_string(out.join("experiment.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("random") && html.contains("certainty"));
+    for run in ["random-seed0", "random-seed1", "certainty-seed0", "certainty-seed1"] {
+        let d = out.join(run);
+        for f in ["store.sqlite", "labels.jsonl", "metrics.jsonl", "report.html"] {
+            assert!(d.join(f).exists(), "{run}/{f} missing");
+        }
+        assert_eq!(std::fs::read_to_string(d.join("labels.jsonl")).unwrap().lines().count(), 8, "{run}");
+    }
+
+    // Again: every run is complete, so nothing is sampled, asked or trained, and the table is the same.
+    let (again, log, second) = experiment();
+    eprintln!("experiment {:.1} s, rerun {:.1} s", first.as_secs_f64(), second.as_secs_f64());
+    assert_eq!(again, stdout);
+    assert!(!log.contains("acquiring") && !log.contains("training"), "{log}");
+    assert_eq!(seen.lock().unwrap().values().sum::<usize>(), asked, "the rerun asked the judge");
+    assert!(second < first / 3, "rerun took {second:?}, the experiment {first:?}");
+}
+
+#[test]
+fn experiment_with_an_unknown_strategy_fails_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = setup(tmp.path(), "http://127.0.0.1:9/v1");
+    let out = tmp.path().join("exp");
+    let o = bin()
+        .args(["experiment", "--config"])
+        .arg(&cfg)
+        .args(["--strategies", "random,bald", "--seeds", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("bald") && !e.contains("panicked"), "{e}");
+    assert!(!out.exists(), "a refused experiment created {}", out.display());
+}

@@ -75,13 +75,17 @@ impl<S: Scorer> Oracle for ScoreOracle<S> {
 
     fn compare(&mut self, c: &Comparison) -> Result<Answer> {
         let s = [self.0.score(&c.text(0)), self.0.score(&c.text(1))];
-        let preferred = if s[0] > s[1] {
-            Some(0)
-        } else if s[1] > s[0] {
-            Some(1)
-        } else {
-            None
-        };
-        Ok(Answer { preferred, raw: format!("{{\"scores\":[{},{}]}}", s[0], s[1]) })
+        Ok(Answer { preferred: prefer_higher(s), raw: format!("{{\"scores\":[{},{}]}}", s[0], s[1]) })
+    }
+}
+
+/// The index of the higher of two scores; `None` for a tie (or a NaN).
+pub fn prefer_higher(s: [f64; 2]) -> Option<usize> {
+    if s[0] > s[1] {
+        Some(0)
+    } else if s[1] > s[0] {
+        Some(1)
+    } else {
+        None
     }
 }
