@@ -5,6 +5,7 @@ mod bench;
 mod io;
 mod reward;
 mod run;
+mod serve;
 
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device};
@@ -34,6 +35,13 @@ enum Command {
     Run(run::RunArgs),
     /// Compare acquisition strategies over several seeds: the paper's table and a plot.
     Experiment(run::ExperimentArgs),
+    /// Serve the labeling page and live dashboard over a run (127.0.0.1:8787), and with --openai a model at /v1.
+    Serve(serve::ServeArgs),
+    /// A run's annotators for the labeling page: `add NAME` (prints their token once), `list`.
+    Annotators {
+        #[command(subcommand)]
+        action: serve::AnnotatorsAction,
+    },
     /// Reward models: a Bradley–Terry head on the LM, trained from preference labels.
     Reward {
         #[command(subcommand)]
@@ -445,6 +453,8 @@ fn main() {
         }
         Command::Run(a) => run::run(a),
         Command::Experiment(a) => run::experiment(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Annotators { action } => serve::annotators(action),
         Command::Reward { action: RewardAction::Train(a) } => reward::train(a),
         Command::Generate(a) => run_generate(a),
         Command::Score(a) => run_score(a),

@@ -1,0 +1,194 @@
+//! `activepref serve` and `activepref annotators`: the web server over a run (the human labeling page, the
+//! live dashboard and their API; see `crates/serve/src/labeling.rs`) and, with `--openai`, OpenAI-compatible
+//! `/v1` endpoints serving a model on the same listener.
+//!
+//! The server listens on loopback by default: the labeling page shows the run's prompts and completions, and
+//! the dashboard is readable without a token. `--public` is the explicit opt-in to listen elsewhere.
+
+use crate::ModelArgs;
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+// `::serve` is the activepref-serve crate; plain `serve` here would be this module.
+use ::serve::labeling::{self, LabelingState, Options};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Run directory to label and watch (the `--run-dir` of `activepref run`, with oracle.kind = "human")
+    #[arg(long, visible_alias = "run-dir", value_name = "DIR")]
+    pub run: Option<PathBuf>,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    pub addr: String,
+    /// Allow listening on a non-loopback address (anyone who can reach it sees the queries and the dashboard;
+    /// writes still need an annotator token). Put it behind TLS.
+    #[arg(long)]
+    pub public: bool,
+    /// Share of queries (0–1) also shown to a second annotator; their agreement (Cohen's kappa) is on the
+    /// dashboard. The first answer is the label either way.
+    #[arg(long, default_value_t = 0.0)]
+    pub overlap: f64,
+    /// Plain-text guidelines for the labeling page (blank lines separate paragraphs)
+    /// [default: "Prefer the more positive, well-written continuation", for the default movie-review task]
+    #[arg(long, value_name = "FILE")]
+    pub guidelines: Option<PathBuf>,
+    /// Also serve OpenAI-compatible /v1/models, /v1/completions and /v1/chat/completions with --model
+    #[arg(long)]
+    pub openai: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Name of the served model in /v1 requests [default: the model file or directory name]
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Environment variable holding an API key that /v1 requests must send as `Authorization: Bearer`
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum AnnotatorsAction {
+    /// Register an annotator and print their token (once: the store keeps only its SHA-256)
+    Add {
+        /// Name shown on the dashboard and stored with each label
+        name: String,
+        #[arg(long, visible_alias = "run-dir", value_name = "DIR")]
+        run: PathBuf,
+    },
+    /// Annotators with their answers, labels, ties, skips and median seconds per label
+    List {
+        #[arg(long, visible_alias = "run-dir", value_name = "DIR")]
+        run: PathBuf,
+    },
+}
+
+/// Resolves `--addr` and refuses a non-loopback address without `--public`.
+fn listen_addr(addr: &str, public: bool) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .with_context(|| format!("--addr {addr:?}: expected HOST:PORT, e.g. 127.0.0.1:8787"))?
+        .collect();
+    let first = *addrs.first().with_context(|| format!("--addr {addr:?} resolves to no address"))?;
+    if !public {
+        if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            bail!(
+                "refusing to listen on {a} (from --addr {addr}): it is not a loopback address, so anyone who can \
+                 reach this machine could read the run's texts and its dashboard. Pass --public to do it anyway \
+                 (annotator tokens still guard every write; put it behind TLS), or use 127.0.0.1:PORT"
+            );
+        }
+    }
+    Ok(first)
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    if a.run.is_none() && !a.openai {
+        bail!("nothing to serve: give --run DIR (the labeling app over a run) and/or --openai (a model at /v1)");
+    }
+    let addr = listen_addr(&a.addr, a.public)?;
+    let mut app = axum_router_none();
+    let mut lines = Vec::new();
+    if let Some(dir) = &a.run {
+        let guidelines = match &a.guidelines {
+            Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("--guidelines {}", p.display()))?),
+            None => None,
+        };
+        let state = LabelingState::open(dir, Options { overlap: a.overlap, guidelines })?;
+        let store = apl::store::Store::open(&apl::RunDir(dir.clone()).store())?;
+        let n = store.annotators()?.len();
+        app = app.merge(labeling::router(state));
+        lines.push(format!("labeling {}: http://{addr}/ (dashboard: http://{addr}/dashboard)", dir.display()));
+        if n == 0 {
+            lines.push(format!(
+                "no annotators yet: add one with `activepref annotators add NAME --run {}`",
+                dir.display()
+            ));
+        } else {
+            lines.push(format!("{n} annotator(s) registered"));
+        }
+    }
+    if a.openai {
+        let path = match &a.model.model {
+            Some(p) => p.clone(),
+            None => crate::assets::default_model()?,
+        };
+        let model_id = a.model_id.clone().unwrap_or_else(|| {
+            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+        });
+        let key = match &a.api_key_env {
+            Some(var) => Some(std::env::var(var).with_context(|| format!("--api-key-env {var}: variable not set"))?),
+            None => None,
+        };
+        let model = a.model.load()?;
+        let state = ::serve::openai::OpenAiState::new(model, model_id.clone()).with_api_key(key);
+        app = app.merge(::serve::openai::router(Arc::new(state)));
+        lines.push(format!("OpenAI-compatible API: http://{addr}/v1 (model {model_id:?})"));
+    }
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+    for l in lines {
+        eprintln!("{l}");
+    }
+    eprintln!("Ctrl-C stops the server (labels are committed before the page says \"saved\").");
+    labeling::serve_blocking(listener, app, true)
+}
+
+/// An empty router to merge the served parts into (named so the CLI needs no direct axum dependency).
+fn axum_router_none() -> labeling::Router {
+    labeling::Router::new()
+}
+
+pub fn annotators(action: AnnotatorsAction) -> Result<()> {
+    match action {
+        AnnotatorsAction::Add { name, run } => {
+            let (_, token) = labeling::add_annotator(&run, &name)?;
+            eprintln!(
+                "added annotator {name:?} to {}. Their token, shown only now (the store keeps its SHA-256):",
+                run.display()
+            );
+            println!("{token}");
+            eprintln!(
+                "They open the labeling page (`activepref serve --run {}`, then http://127.0.0.1:8787/) and paste it.",
+                run.display()
+            );
+            Ok(())
+        }
+        AnnotatorsAction::List { run } => {
+            let path = apl::RunDir(run.clone()).store();
+            if !path.is_file() {
+                bail!("no run store at {}", path.display());
+            }
+            let store = apl::store::Store::open(&path)?;
+            let (stats, agreement) = labeling::annotator_stats(&store)?;
+            if stats.is_empty() {
+                eprintln!(
+                    "no annotators in {}: add one with `activepref annotators add NAME --run DIR`",
+                    run.display()
+                );
+                return Ok(());
+            }
+            let w = stats.iter().map(|s| s.name.chars().count()).max().unwrap_or(4).max(4);
+            println!(
+                "{:<w$}  {:>7}  {:>6}  {:>4}  {:>5}  {:>10}",
+                "name", "answers", "labels", "ties", "skips", "median s"
+            );
+            for s in &stats {
+                let med = s.median_seconds.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<w$}  {:>7}  {:>6}  {:>4}  {:>5}  {:>10}",
+                    s.name, s.answers, s.labels, s.ties, s.skips, med
+                );
+            }
+            if agreement.pairs > 0 {
+                let k = agreement.kappa.map(|k| format!("{k:.3}")).unwrap_or_else(|| "undefined".into());
+                println!(
+                    "agreement on {} queries answered twice: {:.1}% raw, Cohen's kappa {k}",
+                    agreement.pairs,
+                    100.0 * agreement.raw.unwrap_or(0.0)
+                );
+            }
+            Ok(())
+        }
+    }
+}

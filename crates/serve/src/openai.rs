@@ -1,0 +1,698 @@
+//! OpenAI-compatible endpoints serving one [`LanguageModel`]: `GET /v1/models`, `POST /v1/completions` and
+//! `POST /v1/chat/completions`.
+//!
+//! Why: the LLM-judge oracle (`oracle::judge`) talks to any OpenAI-compatible chat endpoint, so serving a local
+//! model here lets a run use a local judge without another inference stack; and a tuned checkpoint can be tried
+//! with any OpenAI client (the `openai` Python package, curl, chat UIs) by pointing its base URL at this server.
+//!
+//! What is served is whatever model the caller built (a base model, a merged checkpoint of a run); this module
+//! knows nothing of runs. Behaviour, as close to OpenAI's as a single CPU-bound model allows:
+//! - `model` must name the served model (404 `model_not_found` otherwise, saying which one is served).
+//! - Sampling: `temperature` (0 = greedy, ≤ 2), `top_p`, `n`, `seed` (same seed, same text), `stop` (up to 4
+//!   strings; the text is cut before the first one and `finish_reason` is `"stop"`), `max_tokens`
+//!   (`max_completion_tokens` too for chat) and, as vLLM does, `top_k`. Without a seed each request draws one.
+//!   The model's EOS ends a choice with `"stop"`; running out of tokens gives `"length"`. Special tokens are
+//!   dropped from the text.
+//! - Chat messages are rendered with the model's chat template; a model without one (a base GPT-2, the tiny
+//!   test models built without a template) gets a plain `role: content` transcript ending in `assistant:`.
+//! - `usage` counts tokens as the model sees them: every prompt once, and the generated tokens of every choice
+//!   up to (and including) a stop string or EOS.
+//! - Refused with a 400 rather than silently ignored, because they would change what the client gets back:
+//!   `stream`, `logprobs`/`top_logprobs`, `echo`, `suffix`, `best_of` > 1, `tools`, non-text message parts.
+//!   Penalties, `logit_bias`, `user` and other fields are accepted and ignored.
+//! - Errors use OpenAI's body, `{"error": {"message", "type", "param", "code"}}`, including malformed JSON,
+//!   an oversized body, a prompt that does not fit the model's context (`context_length_exceeded`) and a
+//!   missing or wrong API key (401, only when the state has a key).
+//!
+//! Generation is CPU-bound, so it runs on tokio's blocking pool, one request at a time: two generations at once
+//! would only fight over the same cores and both finish later. A panic inside tokenization or generation
+//! becomes a 500 for that request; the server keeps serving.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lm::model::LanguageModel;
+use lm::sample::{generate, SampleParams};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::Semaphore;
+
+/// `max_tokens` of `/v1/completions` when the request gives none (OpenAI's default).
+pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
+/// `max_tokens` of `/v1/chat/completions` when the request gives none, further capped by the room the prompt
+/// leaves in the context (OpenAI has no fixed default; a cap keeps a CPU server from generating for minutes).
+pub const DEFAULT_CHAT_MAX_TOKENS: usize = 256;
+/// Most sequences (prompts × `n`) one request may ask for; each is a row of the sampling batch.
+pub const MAX_SEQUENCES: usize = 64;
+/// Most stop strings per request (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+
+/// What the OpenAI router serves, shared by all requests.
+pub struct OpenAiState {
+    pub model: LanguageModel,
+    /// The name clients put in `model` and that `/v1/models` lists.
+    pub model_id: String,
+    /// When set, every request needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Rows per forward pass when a request asks for several sequences.
+    pub batch_size: usize,
+    /// One permit: generations run one at a time (see the module docs).
+    busy: Arc<Semaphore>,
+}
+
+impl OpenAiState {
+    /// Serves `model` under the name `model_id`, without an API key, 8 sequences per batch.
+    pub fn new(model: LanguageModel, model_id: impl Into<String>) -> Self {
+        Self { model, model_id: model_id.into(), api_key: None, batch_size: 8, busy: Arc::new(Semaphore::new(1)) }
+    }
+
+    /// Requires `Authorization: Bearer <key>` on every request when `key` is `Some`.
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key;
+        self
+    }
+
+    /// Sets how many sequences share one forward pass (at least 1).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+}
+
+/// The OpenAI-compatible routes over `state`. It sets no router-wide fallback, so it can be merged with the
+/// labeling router on one listener.
+pub fn router(state: Arc<OpenAiState>) -> Router {
+    Router::new()
+        .route("/v1/models", get(list_models).fallback(method_not_allowed))
+        .route("/v1/completions", post(completions).fallback(method_not_allowed))
+        .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .with_state(state)
+}
+
+/// An error answered in OpenAI's format.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn invalid(message: impl Into<String>, param: Option<&str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_string),
+            code: None,
+        }
+    }
+
+    fn unsupported(message: impl Into<String>, param: &str) -> Self {
+        Self { code: Some("unsupported_parameter"), ..Self::invalid(message, Some(param)) }
+    }
+
+    fn context(message: String, param: &str) -> Self {
+        Self { code: Some("context_length_exceeded"), ..Self::invalid(message, Some(param)) }
+    }
+
+    fn server(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
+        }});
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+async fn require_api_key(State(s): State<Arc<OpenAiState>>, req: Request, next: Next) -> Response {
+    let Some(key) = &s.api_key else { return next.run(req).await };
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
+    let token = given.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let message = match token {
+        None => "no API key given: send `Authorization: Bearer <key>` with the key this server was started with",
+        // Comparing digests takes the same time wherever the keys differ and whatever their lengths.
+        Some(t) if Sha256::digest(t.trim().as_bytes()) == Sha256::digest(key.as_bytes()) => return next.run(req).await,
+        Some(_) => "incorrect API key provided",
+    };
+    ApiError { status: StatusCode::UNAUTHORIZED, code: Some("invalid_api_key"), ..ApiError::invalid(message, None) }
+        .into_response()
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        ..ApiError::invalid(format!("{} is not allowed on {}", req.method(), req.uri().path()), None)
+    }
+}
+
+async fn list_models(State(s): State<Arc<OpenAiState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": s.model_id, "object": "model", "created": 0, "owned_by": "activepref"}],
+    }))
+}
+
+async fn completions(
+    State(s): State<Arc<OpenAiState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let obj = parse_body(body)?;
+    let opts = SamplingRequest::parse(&obj, &s, &["max_tokens"], DEFAULT_COMPLETION_MAX_TOKENS)?;
+    let prompts = parse_prompt(&obj)?;
+    if prompts.len() * opts.n > MAX_SEQUENCES {
+        return Err(too_many_sequences(prompts.len(), opts.n));
+    }
+    let st = s.clone();
+    let ids = blocking(move || prompts.into_iter().map(|p| tokenize_prompt(&st.model, p)).collect()).await?;
+    let (usage, choices) = run_generation(&s, ids, opts, "prompt").await?;
+    let choices: Vec<Value> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| json!({"index": i, "text": c.text, "logprobs": null, "finish_reason": c.finish_reason}))
+        .collect();
+    Ok(Json(json!({
+        "id": format!("cmpl-{:032x}", rand::random::<u128>()),
+        "object": "text_completion",
+        "created": unix_now(),
+        "model": s.model_id,
+        "choices": choices,
+        "usage": usage,
+    })))
+}
+
+async fn chat_completions(
+    State(s): State<Arc<OpenAiState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let obj = parse_body(body)?;
+    // OpenAI renamed `max_tokens` to `max_completion_tokens` for chat; the newer name wins when both are given.
+    let opts = SamplingRequest::parse(&obj, &s, &["max_completion_tokens", "max_tokens"], DEFAULT_CHAT_MAX_TOKENS)?;
+    if opts.n > MAX_SEQUENCES {
+        return Err(too_many_sequences(1, opts.n));
+    }
+    if obj.get("tools").is_some_and(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty())) {
+        return Err(ApiError::unsupported("tools (function calling) are not supported by this server", "tools"));
+    }
+    let messages = parse_messages(&obj)?;
+    let st = s.clone();
+    let ids = blocking(move || {
+        let text = render_chat(&st.model, &messages)?;
+        let mut ids = encode(&st.model, &text)?;
+        // Templates that write the BOS token themselves would otherwise get a second one from the tokenizer.
+        if let Some(bos) = st.model.tokenizer.bos_token_id {
+            if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
+                ids.remove(0);
+            }
+        }
+        Ok(vec![ids])
+    })
+    .await?;
+    let (usage, choices) = run_generation(&s, ids, opts, "messages").await?;
+    let choices: Vec<Value> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": null,
+                "finish_reason": c.finish_reason,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "id": format!("chatcmpl-{:032x}", rand::random::<u128>()),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": s.model_id,
+        "choices": choices,
+        "usage": usage,
+    })))
+}
+
+/// The request body as a JSON object; axum's plain-text rejections (too large, unreadable) become OpenAI errors.
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body.map_err(|r| ApiError { status: r.status(), ..ApiError::invalid(r.body_text(), None) })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(ApiError::invalid("the request body must be a JSON object", None)),
+        Err(e) => Err(ApiError::invalid(
+            format!("we could not parse the JSON body of your request ({e}); send a JSON object"),
+            None,
+        )),
+    }
+}
+
+/// Field `name` of `obj` as a `T`; absent and `null` are `None`.
+fn field<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>, name: &str) -> Result<Option<T>, ApiError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => T::deserialize(v)
+            .map(Some)
+            .map_err(|e| ApiError::invalid(format!("invalid value for `{name}`: {e}"), Some(name))),
+    }
+}
+
+/// The sampling fields shared by both endpoints, validated.
+#[derive(Debug, Clone)]
+struct SamplingRequest {
+    /// Requested completion length and the field it came from; `None` means the endpoint's default.
+    max_tokens: Option<(usize, &'static str)>,
+    default_max_tokens: usize,
+    temperature: f64,
+    top_p: f64,
+    top_k: usize,
+    n: usize,
+    seed: u64,
+    stop: Vec<String>,
+}
+
+impl SamplingRequest {
+    fn parse(
+        obj: &Map<String, Value>,
+        s: &OpenAiState,
+        max_names: &[&'static str],
+        default_max_tokens: usize,
+    ) -> Result<Self, ApiError> {
+        match field::<String>(obj, "model")? {
+            None => {
+                return Err(ApiError::invalid(
+                    format!("you must provide a model parameter (this server serves `{}`)", s.model_id),
+                    Some("model"),
+                ))
+            }
+            Some(m) if m != s.model_id => {
+                return Err(ApiError {
+                    status: StatusCode::NOT_FOUND,
+                    code: Some("model_not_found"),
+                    ..ApiError::invalid(
+                        format!("the model `{m}` does not exist; this server serves `{}`", s.model_id),
+                        Some("model"),
+                    )
+                })
+            }
+            Some(_) => {}
+        }
+        reject_unsupported(obj)?;
+        let mut max_tokens = None;
+        for &name in max_names {
+            if let Some(m) = field::<u64>(obj, name)? {
+                max_tokens = Some((usize::try_from(m).unwrap_or(usize::MAX), name));
+                break;
+            }
+        }
+        let temperature = field::<f64>(obj, "temperature")?.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(ApiError::invalid(
+                format!("`temperature` must be between 0 and 2, got {temperature}"),
+                Some("temperature"),
+            ));
+        }
+        let top_p = field::<f64>(obj, "top_p")?.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&top_p) {
+            return Err(ApiError::invalid(format!("`top_p` must be between 0 and 1, got {top_p}"), Some("top_p")));
+        }
+        // vLLM's extension; -1 is its spelling of "no filter".
+        let top_k = match field::<i64>(obj, "top_k")? {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if k > 0 => k as usize,
+            Some(k) => {
+                return Err(ApiError::invalid(format!("`top_k` must be -1, 0 or positive, got {k}"), Some("top_k")))
+            }
+        };
+        let n = field::<u64>(obj, "n")?.unwrap_or(1);
+        if n == 0 || n > MAX_SEQUENCES as u64 {
+            return Err(ApiError::invalid(format!("`n` must be between 1 and {MAX_SEQUENCES}, got {n}"), Some("n")));
+        }
+        // OpenAI's seed is any 64-bit integer, negative ones included.
+        let seed = match obj.get("seed") {
+            None | Some(Value::Null) => rand::random::<u64>(),
+            Some(Value::Number(x)) if x.as_u64().is_some() => x.as_u64().unwrap_or_default(),
+            Some(Value::Number(x)) if x.as_i64().is_some() => x.as_i64().unwrap_or_default() as u64,
+            Some(v) => return Err(ApiError::invalid(format!("`seed` must be an integer, got {v}"), Some("seed"))),
+        };
+        let stop = match obj.get("stop") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::String(s)) => vec![s.clone()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ApiError::invalid("`stop` must be a string or an array of strings", Some("stop")))?,
+            Some(_) => return Err(ApiError::invalid("`stop` must be a string or an array of strings", Some("stop"))),
+        };
+        if stop.len() > MAX_STOP {
+            return Err(ApiError::invalid(
+                format!("at most {MAX_STOP} stop strings are allowed, got {}", stop.len()),
+                Some("stop"),
+            ));
+        }
+        // An empty stop string would match at once; OpenAI ignores it too.
+        let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
+        Ok(Self { max_tokens, default_max_tokens, temperature, top_p, top_k, n: n as usize, seed, stop })
+    }
+}
+
+/// Fields that would change the shape or meaning of the answer and that this server cannot honour.
+fn reject_unsupported(obj: &Map<String, Value>) -> Result<(), ApiError> {
+    let truthy = |name: &str| match obj.get(name) {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Number(n)) => name != "best_of" || n.as_u64().is_none_or(|b| b > 1),
+        Some(_) => true,
+    };
+    if truthy("stream") {
+        return Err(ApiError::unsupported(
+            "streaming is not supported by this server: send the request without `stream` (or with `stream: false`)",
+            "stream",
+        ));
+    }
+    for name in ["logprobs", "top_logprobs", "echo", "suffix", "best_of"] {
+        if truthy(name) {
+            return Err(ApiError::unsupported(format!("`{name}` is not supported by this server"), name));
+        }
+    }
+    Ok(())
+}
+
+/// One `prompt` of `/v1/completions`: text, or token ids as OpenAI also allows.
+enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+fn parse_prompt(obj: &Map<String, Value>) -> Result<Vec<PromptInput>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "`prompt` must be a string, an array of strings, an array of token ids or an array of such arrays",
+            Some("prompt"),
+        )
+    };
+    let tokens = |v: &Value| -> Option<Vec<u32>> {
+        v.as_array()?.iter().map(|t| t.as_u64().and_then(|t| u32::try_from(t).ok())).collect()
+    };
+    let prompts = match obj.get("prompt") {
+        None | Some(Value::Null) => return Err(ApiError::invalid("you must provide a `prompt`", Some("prompt"))),
+        Some(Value::String(s)) => vec![PromptInput::Text(s.clone())],
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(ApiError::invalid("`prompt` is an empty array", Some("prompt")))
+        }
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            a.iter().map(|v| PromptInput::Text(v.as_str().unwrap_or_default().to_string())).collect()
+        }
+        Some(v @ Value::Array(a)) if a.iter().all(Value::is_number) => {
+            vec![PromptInput::Tokens(tokens(v).ok_or_else(bad)?)]
+        }
+        Some(Value::Array(a)) if a.iter().all(Value::is_array) => {
+            a.iter().map(|v| tokens(v).map(PromptInput::Tokens).ok_or_else(bad)).collect::<Result<_, _>>()?
+        }
+        Some(_) => return Err(bad()),
+    };
+    Ok(prompts)
+}
+
+fn tokenize_prompt(model: &LanguageModel, p: PromptInput) -> Result<Vec<u32>, ApiError> {
+    match p {
+        PromptInput::Text(t) => encode(model, &t),
+        PromptInput::Tokens(ids) => {
+            let vocab = model.config.vocab_size;
+            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ApiError::invalid(
+                    format!("token id {bad} in `prompt` is outside the model's vocabulary of {vocab}"),
+                    Some("prompt"),
+                ));
+            }
+            Ok(ids)
+        }
+    }
+}
+
+fn encode(model: &LanguageModel, text: &str) -> Result<Vec<u32>, ApiError> {
+    model.tokenizer.encode(text).map_err(|e| ApiError::invalid(format!("tokenizing the prompt failed: {e:#}"), None))
+}
+
+/// Chat messages reduced to `{role, content}` with text content, the shape chat templates expect.
+fn parse_messages(obj: &Map<String, Value>) -> Result<Vec<Value>, ApiError> {
+    let param = Some("messages");
+    let list = match obj.get("messages") {
+        None | Some(Value::Null) => return Err(ApiError::invalid("you must provide `messages`", param)),
+        Some(Value::Array(a)) if a.is_empty() => {
+            return Err(ApiError::invalid("`messages` must contain at least one message", param))
+        }
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(ApiError::invalid("`messages` must be an array of {role, content} objects", param)),
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.iter().enumerate() {
+        let role = match m.get("role").and_then(Value::as_str) {
+            // Newer clients send OpenAI's `developer` role where chat templates only know `system`.
+            Some("developer") | Some("system") => "system",
+            Some(r @ ("user" | "assistant" | "tool")) => r,
+            Some(r) => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role {r:?} is not one of system, developer, user, assistant, tool"),
+                    param,
+                ))
+            }
+            None => return Err(ApiError::invalid(format!("messages[{i}] needs a string `role`"), param)),
+        };
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            // Content parts: only text can be fed to a text-only model.
+            Some(Value::Array(parts)) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for p in parts {
+                    match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(t)) => texts.push(t),
+                        (kind, _) => {
+                            return Err(ApiError::unsupported(
+                                format!(
+                                    "messages[{i}] has a content part of type {}; this server takes text parts only",
+                                    kind.unwrap_or("(none)")
+                                ),
+                                "messages",
+                            ))
+                        }
+                    }
+                }
+                texts.join("\n")
+            }
+            _ => return Err(ApiError::invalid(format!("messages[{i}] needs a string `content`"), param)),
+        };
+        out.push(json!({"role": role, "content": content}));
+    }
+    Ok(out)
+}
+
+/// The prompt text of a conversation: the model's chat template, or a plain transcript when it has none.
+fn render_chat(model: &LanguageModel, messages: &[Value]) -> Result<String, ApiError> {
+    if model.tokenizer.chat_template.is_some() {
+        return model.tokenizer.apply_chat_template(&Value::Array(messages.to_vec()), true).map_err(|e| {
+            ApiError::invalid(format!("the model's chat template rejected the messages: {e:#}"), Some("messages"))
+        });
+    }
+    let mut text = String::new();
+    for m in messages {
+        text.push_str(&format!(
+            "{}: {}\n",
+            m["role"].as_str().unwrap_or_default(),
+            m["content"].as_str().unwrap_or_default()
+        ));
+    }
+    text.push_str("assistant:");
+    Ok(text)
+}
+
+fn too_many_sequences(prompts: usize, n: usize) -> ApiError {
+    ApiError::invalid(
+        format!(
+            "{prompts} prompt(s) × n = {n} asks for {} sequences; at most {MAX_SEQUENCES} per request",
+            prompts * n
+        ),
+        Some("n"),
+    )
+}
+
+/// One generated choice, ready for the response.
+struct Choice {
+    text: String,
+    finish_reason: &'static str,
+}
+
+/// Checks the prompts against the context, samples `n` choices per prompt (one request at a time) and returns
+/// the `usage` object with the choices, prompt-major as OpenAI orders them.
+async fn run_generation(
+    s: &Arc<OpenAiState>,
+    prompts: Vec<Vec<u32>>,
+    opts: SamplingRequest,
+    prompt_param: &'static str,
+) -> Result<(Value, Vec<Choice>), ApiError> {
+    let ctx = s.model.config.max_position;
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(ApiError::invalid(
+                format!("prompt {i} is empty: the model needs at least one token to condition on"),
+                Some(prompt_param),
+            ));
+        }
+        if p.len() >= ctx {
+            return Err(ApiError::context(
+                format!(
+                    "this model's maximum context length is {ctx} tokens, but the prompt has {} tokens, leaving no \
+                     room for a completion; shorten the prompt",
+                    p.len()
+                ),
+                prompt_param,
+            ));
+        }
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let max_new = match opts.max_tokens {
+        Some((m, name)) => {
+            if longest.saturating_add(m) > ctx {
+                return Err(ApiError::context(
+                    format!(
+                        "this model's maximum context length is {ctx} tokens, but you requested {} tokens ({longest} \
+                         in the prompt; {m} for the completion); reduce the prompt or `{name}`",
+                        longest.saturating_add(m)
+                    ),
+                    name,
+                ));
+            }
+            m
+        }
+        None => opts.default_max_tokens.min(ctx - longest),
+    };
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+    let rows: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), opts.n)).collect();
+    let params = SampleParams {
+        max_new_tokens: max_new,
+        temperature: opts.temperature,
+        top_k: opts.top_k,
+        top_p: opts.top_p,
+        seed: opts.seed,
+        stop_at_eos: true,
+    };
+    // The permit moves into the blocking task, so a client that hangs up mid-generation still holds the model
+    // until its generation is finished, and the next request never runs beside it.
+    let permit = s.busy.clone().acquire_owned().await.map_err(|e| ApiError::server(format!("server closing: {e}")))?;
+    let st = s.clone();
+    let stop = opts.stop;
+    let (choices, completion_tokens) = blocking(move || {
+        let _permit = permit;
+        let samples = generate(&st.model, &rows, &params, None, st.batch_size, 0, |_| {})
+            .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))?;
+        let mut choices = Vec::with_capacity(samples.len());
+        let mut completion_tokens = 0;
+        for smp in samples {
+            let (choice, used) = finish_choice(&st.model, &smp.tokens, smp.stopped_at_eos, &stop)?;
+            completion_tokens += used;
+            choices.push(choice);
+        }
+        Ok((choices, completion_tokens))
+    })
+    .await?;
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    Ok((usage, choices))
+}
+
+/// The text of one sample, cut at the earliest stop string, and how many of its tokens were used.
+fn finish_choice(
+    model: &LanguageModel,
+    tokens: &[u32],
+    stopped_at_eos: bool,
+    stop: &[String],
+) -> Result<(Choice, usize), ApiError> {
+    let decode = |ids: &[u32]| {
+        model.tokenizer.decode(ids, true).map_err(|e| ApiError::server(format!("decoding the completion: {e:#}")))
+    };
+    let text = decode(tokens)?;
+    let cut = stop.iter().filter_map(|s| text.find(s.as_str())).min();
+    let Some(cut) = cut else {
+        let finish_reason = if stopped_at_eos { "stop" } else { "length" };
+        return Ok((Choice { text, finish_reason }, tokens.len()));
+    };
+    // Sampling cannot stop at a string, so it ran on; count only the tokens up to the one that completed the
+    // stop string: the shortest prefix whose text contains a stop string (prefix texts grow monotonically).
+    let (mut lo, mut hi) = (1, tokens.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        let t = decode(&tokens[..mid])?;
+        if stop.iter().any(|s| t.contains(s.as_str())) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok((Choice { text: text[..cut].to_string(), finish_reason: "stop" }, hi))
+}
+
+/// Runs `f` on the blocking pool; a panic in it becomes a 500 for this request instead of a dropped
+/// connection (the panic is still printed by the panic hook).
+async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(ApiError::server(format!("internal error while handling the request: {msg}")))
+        }
+        Err(e) => Err(ApiError::server(format!("the request's task was cancelled: {e}"))),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_while_generating_is_a_500_not_a_crash() {
+        let err = blocking::<(), _>(|| panic!("boom")).await.unwrap_err();
+        assert_eq!(err.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(err.message.contains("boom"), "{}", err.message);
+        // The runtime is still usable afterwards.
+        assert_eq!(blocking(|| Ok(7)).await.unwrap(), 7);
+    }
+}

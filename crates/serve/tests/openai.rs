@@ -1,0 +1,376 @@
+//! The OpenAI-compatible endpoints over real HTTP (ureq against `axum::serve` on an ephemeral port), serving a
+//! tiny random model: response shapes, seeded determinism equal to calling the sampler directly, usage
+//! counts, stop strings, errors in OpenAI's format, the API key and concurrent requests.
+
+use candle_core::DType;
+use lm::model::LanguageModel;
+use lm::sample::{generate, SampleParams};
+use serde_json::{json, Value};
+use serve::openai::{router, OpenAiState};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MODEL_ID: &str = "tiny-llama";
+
+/// The same random weights every call (seeded), so a test can keep one copy to compare against the served one.
+fn tiny() -> LanguageModel {
+    lm::testing::tiny_model("llama", 1, DType::F32).unwrap()
+}
+
+/// Serves `state` on 127.0.0.1 from a background thread for the rest of the test process; returns the base URL.
+fn serve(state: OpenAiState) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, router(Arc::new(state))).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// POSTs `body` as JSON; returns the status and the parsed JSON answer.
+fn post(base: &str, path: &str, body: &Value) -> (u16, Value) {
+    post_with(base, path, body, None)
+}
+
+fn post_with(base: &str, path: &str, body: &Value, key: Option<&str>) -> (u16, Value) {
+    let mut req = agent().post(format!("{base}{path}"));
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    let mut resp = req.send_json(body).unwrap();
+    (resp.status().as_u16(), resp.body_mut().read_json().unwrap())
+}
+
+/// What the sampler gives for `prompt` directly: the server must answer exactly this for the same seed.
+fn direct(model: &LanguageModel, prompt: &[u32], n: usize, max_new_tokens: usize, seed: u64) -> Vec<String> {
+    let rows = vec![prompt.to_vec(); n];
+    let params = SampleParams { max_new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed, stop_at_eos: true };
+    let samples = generate(model, &rows, &params, None, 3, 0, |_| {}).unwrap();
+    samples.iter().map(|s| model.tokenizer.decode(&s.tokens, true).unwrap()).collect()
+}
+
+fn assert_openai_error(status: u16, body: &Value, want_status: u16, param: Option<&str>) {
+    assert_eq!(status, want_status, "{body}");
+    let e = &body["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(e["type"].is_string(), "{body}");
+    assert!(e.get("code").is_some() && e.get("param").is_some(), "{body}");
+    if let Some(p) = param {
+        assert_eq!(e["param"], p, "{body}");
+    }
+}
+
+#[test]
+fn models_lists_the_served_model() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID));
+    let mut resp = agent().get(format!("{base}/v1/models")).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.body_mut().read_json().unwrap();
+    assert_eq!(
+        v,
+        json!({"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "activepref"}]})
+    );
+    // A wrong method answers in OpenAI's format, not axum's empty 405.
+    let (status, body) = post(&base, "/v1/models", &json!({}));
+    assert_openai_error(status, &body, 405, None);
+}
+
+#[test]
+fn completions_are_seeded_counted_and_equal_to_the_sampler() {
+    let model = tiny();
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID));
+    let prompt = "The movie was";
+    let ids = model.tokenizer.encode(prompt).unwrap();
+    let req =
+        |seed: u64, n: usize| json!({"model": MODEL_ID, "prompt": prompt, "max_tokens": 12, "n": n, "seed": seed});
+
+    let (status, a) = post(&base, "/v1/completions", &req(7, 2));
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["object"], "text_completion");
+    assert_eq!(a["model"], MODEL_ID);
+    assert!(a["id"].as_str().unwrap().starts_with("cmpl-"));
+    assert!(a["created"].as_u64().unwrap() > 0);
+    let choices = a["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    let want = direct(&model, &ids, 2, 12, 7);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["text"], want[i].as_str(), "choice {i} differs from the sampler with the same seed");
+        assert!(c["logprobs"].is_null());
+        assert!(c["finish_reason"] == "length" || c["finish_reason"] == "stop");
+    }
+    // Usage: the prompt counted once, completions at most max_tokens each, and exactly that when cut by length.
+    let u = &a["usage"];
+    assert_eq!(u["prompt_tokens"], ids.len());
+    let completion = u["completion_tokens"].as_u64().unwrap();
+    assert!(completion <= 2 * 12);
+    if choices.iter().all(|c| c["finish_reason"] == "length") {
+        assert_eq!(completion, 24);
+    }
+    assert_eq!(u["total_tokens"].as_u64().unwrap(), ids.len() as u64 + completion);
+
+    // Same seed, same text; another seed, other text.
+    let (_, again) = post(&base, "/v1/completions", &req(7, 2));
+    assert_eq!(again["choices"], a["choices"]);
+    let (_, other) = post(&base, "/v1/completions", &req(8, 2));
+    assert_ne!(other["choices"], a["choices"]);
+
+    // Several prompts: choices are prompt-major, the prompts are counted once each.
+    let (status, multi) = post(
+        &base,
+        "/v1/completions",
+        &json!({"model": MODEL_ID, "prompt": ["ab", "cde"], "max_tokens": 3, "n": 2, "seed": 1}),
+    );
+    assert_eq!(status, 200, "{multi}");
+    assert_eq!(multi["choices"].as_array().unwrap().len(), 4);
+    assert_eq!(multi["usage"]["prompt_tokens"], 5);
+    assert!(multi["usage"]["completion_tokens"].as_u64().unwrap() <= 12);
+
+    // Token-id prompts are the same prompt as their text.
+    let (_, by_ids) =
+        post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": ids, "max_tokens": 12, "n": 2, "seed": 7}));
+    assert_eq!(by_ids["choices"], a["choices"]);
+
+    // Defaults: 16 tokens at most.
+    let (status, d) = post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": prompt}));
+    assert_eq!(status, 200, "{d}");
+    assert!(d["usage"]["completion_tokens"].as_u64().unwrap() <= 16);
+}
+
+#[test]
+fn greedy_decoding_needs_no_seed() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID));
+    let req = json!({"model": MODEL_ID, "prompt": "Hello", "max_tokens": 8, "temperature": 0});
+    let (status, a) = post(&base, "/v1/completions", &req);
+    assert_eq!(status, 200, "{a}");
+    let (_, b) = post(&base, "/v1/completions", &req);
+    assert_eq!(a["choices"], b["choices"]);
+}
+
+#[test]
+fn stop_strings_cut_the_text() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID));
+    // Find a seed whose completion has a few characters to cut at.
+    let mut found = None;
+    for seed in 0..50u64 {
+        let body = json!({"model": MODEL_ID, "prompt": "Once upon", "max_tokens": 30, "seed": seed});
+        let (_, v) = post(&base, "/v1/completions", &body);
+        let text = v["choices"][0]["text"].as_str().unwrap().to_string();
+        let chars: Vec<char> = text.chars().collect();
+        if chars.len() >= 6 {
+            found = Some((seed, text, chars, v["usage"]["completion_tokens"].as_u64().unwrap()));
+            break;
+        }
+    }
+    let (seed, text, chars, full_tokens) = found.expect("no completion with six characters in 50 seeds");
+    let stop: String = chars[3..5].iter().collect();
+    let expected = &text[..text.find(&stop).unwrap()];
+    for stop_field in [json!(stop), json!(["\u{1F600}never", stop])] {
+        let body =
+            json!({"model": MODEL_ID, "prompt": "Once upon", "max_tokens": 30, "seed": seed, "stop": stop_field});
+        let (status, v) = post(&base, "/v1/completions", &body);
+        assert_eq!(status, 200, "{v}");
+        let c = &v["choices"][0];
+        assert_eq!(c["text"], expected, "stop {stop:?} in {text:?}");
+        assert_eq!(c["finish_reason"], "stop");
+        let used = v["usage"]["completion_tokens"].as_u64().unwrap();
+        assert!(used >= 1 && used <= full_tokens, "{used} tokens used of {full_tokens}");
+    }
+}
+
+#[test]
+fn chat_completions_use_the_template_and_match_the_sampler() {
+    let model = tiny();
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID));
+    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]);
+    let body = json!({"model": MODEL_ID, "messages": messages, "max_tokens": 10, "seed": 3, "n": 2});
+    let (status, v) = post(&base, "/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], MODEL_ID);
+    assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let rendered = model.tokenizer.apply_chat_template(&messages, true).unwrap();
+    let ids = model.tokenizer.encode(&rendered).unwrap();
+    let want = direct(&model, &ids, 2, 10, 3);
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["message"]["role"], "assistant");
+        assert_eq!(c["message"]["content"], want[i].as_str());
+        assert!(c["finish_reason"] == "length" || c["finish_reason"] == "stop");
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 20);
+
+    // `max_completion_tokens` (the newer name) and text content parts are accepted; `developer` is `system`.
+    let body = json!({"model": MODEL_ID, "max_completion_tokens": 4, "messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+    ]});
+    let (status, v) = post(&base, "/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 4);
+    assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+
+    // The default length fits in what the context leaves (128 positions here, less than the default 256).
+    let (status, v) = post(
+        &base,
+        "/v1/chat/completions",
+        &json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}]}),
+    );
+    assert_eq!(status, 200, "{v}");
+}
+
+#[test]
+fn chat_without_a_template_uses_a_plain_transcript() {
+    let no_template = || {
+        let mut m = tiny();
+        m.tokenizer.chat_template = None;
+        m
+    };
+    let model = no_template();
+    let base = serve(OpenAiState::new(no_template(), MODEL_ID));
+    let body = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "seed": 9});
+    let (status, v) = post(&base, "/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    let ids = model.tokenizer.encode("user: Hi\nassistant:").unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+    assert_eq!(v["choices"][0]["message"]["content"], direct(&model, &ids, 1, 6, 9)[0].as_str());
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID));
+    let chat = "/v1/chat/completions";
+    let user = json!([{"role": "user", "content": "Hi"}]);
+
+    // Malformed JSON: axum's plain-text rejection must not leak through.
+    let mut resp = agent()
+        .post(format!("{base}{chat}"))
+        .header("Content-Type", "application/json")
+        .send("{\"model\": \"tiny-llama\", \"messages\": [")
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body: Value = resp.body_mut().read_json().unwrap();
+    assert_openai_error(status, &body, 400, None);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+
+    let (s, b) = post(&base, chat, &json!([1, 2]));
+    assert_openai_error(s, &b, 400, None);
+    let (s, b) = post(&base, chat, &json!({"model": MODEL_ID}));
+    assert_openai_error(s, &b, 400, Some("messages"));
+    let (s, b) = post(&base, chat, &json!({"model": MODEL_ID, "messages": []}));
+    assert_openai_error(s, &b, 400, Some("messages"));
+    let (s, b) = post(&base, chat, &json!({"model": MODEL_ID, "messages": [{"role": "user"}]}));
+    assert_openai_error(s, &b, 400, Some("messages"));
+    let (s, b) = post(&base, "/v1/completions", &json!({"model": MODEL_ID}));
+    assert_openai_error(s, &b, 400, Some("prompt"));
+    let (s, b) = post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": []}));
+    assert_openai_error(s, &b, 400, Some("prompt"));
+    let (s, b) = post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": ""}));
+    assert_openai_error(s, &b, 400, Some("prompt"));
+
+    // The model must be the served one, and the error says which one that is.
+    let (s, b) = post(&base, chat, &json!({"model": "gpt-4o", "messages": user}));
+    assert_openai_error(s, &b, 404, Some("model"));
+    assert_eq!(b["error"]["code"], "model_not_found");
+    assert!(b["error"]["message"].as_str().unwrap().contains(MODEL_ID));
+    let (s, b) = post(&base, chat, &json!({"messages": user}));
+    assert_openai_error(s, &b, 400, Some("model"));
+
+    // The tiny model's context is 128 positions.
+    let long = "x".repeat(200);
+    let (s, b) = post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": long}));
+    assert_openai_error(s, &b, 400, None);
+    assert_eq!(b["error"]["code"], "context_length_exceeded");
+    let (s, b) =
+        post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": "x".repeat(100), "max_tokens": 50}));
+    assert_openai_error(s, &b, 400, Some("max_tokens"));
+    assert_eq!(b["error"]["code"], "context_length_exceeded");
+    assert!(b["error"]["message"].as_str().unwrap().contains("128"), "{b}");
+    let (s, b) = post(&base, chat, &json!({"model": MODEL_ID, "messages": [{"role": "user", "content": long}]}));
+    assert_openai_error(s, &b, 400, Some("messages"));
+    assert_eq!(b["error"]["code"], "context_length_exceeded");
+
+    // Parameters out of range or not supported.
+    for (field, value) in [
+        ("temperature", json!(3.0)),
+        ("top_p", json!(1.5)),
+        ("n", json!(0)),
+        ("max_tokens", json!(-1)),
+        ("seed", json!("x")),
+        ("stop", json!(["a", "b", "c", "d", "e"])),
+        ("stream", json!(true)),
+        ("logprobs", json!(true)),
+    ] {
+        let mut body = json!({"model": MODEL_ID, "messages": user});
+        body[field] = value;
+        let (s, b) = post(&base, chat, &body);
+        assert_openai_error(s, &b, 400, Some(field));
+    }
+    let (s, b) = post(&base, chat, &json!({"model": MODEL_ID, "messages": user, "stream": true}));
+    assert!(b["error"]["message"].as_str().unwrap().contains("streaming"), "{s} {b}");
+
+    // The server is still fine afterwards.
+    let (s, b) = post(&base, chat, &json!({"model": MODEL_ID, "messages": user, "max_tokens": 2}));
+    assert_eq!(s, 200, "{b}");
+}
+
+#[test]
+fn api_key_is_required_when_set() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID).with_api_key(Some("sekrit".into())));
+    let body = json!({"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2});
+    let (s, b) = post_with(&base, "/v1/completions", &body, None);
+    assert_openai_error(s, &b, 401, None);
+    assert_eq!(b["error"]["code"], "invalid_api_key");
+    let (s, b) = post_with(&base, "/v1/completions", &body, Some("wrong"));
+    assert_openai_error(s, &b, 401, None);
+    let mut resp = agent().get(format!("{base}/v1/models")).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert!(resp.body_mut().read_json::<Value>().unwrap()["error"].is_object());
+
+    let (s, b) = post_with(&base, "/v1/completions", &body, Some("sekrit"));
+    assert_eq!(s, 200, "{b}");
+    let resp = agent().get(format!("{base}/v1/models")).header("Authorization", "Bearer sekrit").call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+#[test]
+fn concurrent_requests_are_all_answered() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID));
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let (path, body) = if i % 2 == 0 {
+                    (
+                        "/v1/completions",
+                        json!({"model": MODEL_ID, "prompt": format!("p{i}"), "max_tokens": 8, "seed": i}),
+                    )
+                } else {
+                    let m = json!([{"role": "user", "content": format!("q{i}")}]);
+                    ("/v1/chat/completions", json!({"model": MODEL_ID, "messages": m, "max_tokens": 8, "seed": i}))
+                };
+                post(&base, path, &body)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (s, b) = h.join().unwrap();
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["choices"].as_array().unwrap().len(), 1);
+    }
+}
