@@ -142,6 +142,15 @@ impl<'a> ActiveLoop<'a> {
         std::fs::create_dir_all(&dir.0).with_context(|| format!("creating the run directory {}", dir.0.display()))?;
         let store = Store::open(&dir.store())?;
         let toml = cfg.to_toml();
+        // Compare configs, not texts: a store written by an older version (before a key with a default was
+        // added) still matches when the values are the same; it is then rewritten in today's form.
+        if let Some(stored) = store.meta("config")? {
+            if let Ok(c) = ActiveConfig::from_toml(&stored) {
+                if c.to_toml() == toml {
+                    store.set_meta("config", &toml)?;
+                }
+            }
+        }
         store.check_config(&toml)?;
         store.set_meta("beta", &cfg.train.loss.beta.to_string())?;
         std::fs::write(dir.config(), &toml)?;

@@ -184,6 +184,9 @@ pub struct OracleConfig {
     pub reward_model: String,
     /// Seconds between checks for new human labels.
     pub poll_seconds: f64,
+    /// Guidelines shown to people on the labeling page (plain text, blank lines between paragraphs); empty =
+    /// the default movie-review guidelines. `activepref serve --guidelines FILE` overrides it.
+    pub guidelines: String,
     pub judge: JudgeConfig,
 }
 
@@ -284,6 +287,7 @@ impl Default for OracleConfig {
             dataset: String::new(),
             reward_model: String::new(),
             poll_seconds: 1.0,
+            guidelines: String::new(),
             judge: JudgeConfig::default(),
         }
     }

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Name of the served model in /v1 requests [default: the model file or directory name]
     #[arg(long)]
     pub model_id: Option<String>,
+    /// With --openai and --run: serve the run's policy after this round (0 = its starting model) instead of
+    /// --model; the name defaults to `<run dir name>-round<N>`
+    #[arg(long, value_name = "N")]
+    pub round: Option<usize>,
     /// Environment variable holding an API key that /v1 requests must send as `Authorization: Bearer`
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
@@ -62,6 +66,11 @@ pub enum AnnotatorsAction {
         #[arg(long, visible_alias = "run-dir", value_name = "DIR")]
         run: PathBuf,
     },
+}
+
+/// The configuration a run was started with (`DIR/config.toml`).
+fn run_config(dir: &std::path::Path) -> Result<apl::ActiveConfig> {
+    apl::ActiveConfig::from_toml_file(&apl::RunDir(dir.to_path_buf()).config())
 }
 
 /// Resolves `--addr` and refuses a non-loopback address without `--public`.
@@ -93,7 +102,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if let Some(dir) = &a.run {
         let guidelines = match &a.guidelines {
             Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("--guidelines {}", p.display()))?),
-            None => None,
+            // The run's own guidelines (`[oracle] guidelines` in its config), if it set any.
+            None => run_config(dir).ok().map(|c| c.oracle.guidelines).filter(|g| !g.trim().is_empty()),
         };
         let state = LabelingState::open(dir, Options { overlap: a.overlap, guidelines })?;
         let store = apl::store::Store::open(&apl::RunDir(dir.clone()).store())?;
@@ -121,7 +131,28 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             Some(var) => Some(std::env::var(var).with_context(|| format!("--api-key-env {var}: variable not set"))?),
             None => None,
         };
-        let model = a.model.load()?;
+        let (model, model_id) = match (a.round, &a.run) {
+            (None, _) => (a.model.load()?, model_id),
+            (Some(_), None) => bail!("--round needs --run DIR (the run whose checkpoint to serve)"),
+            (Some(r), Some(dir)) => {
+                let cfg = run_config(dir)?;
+                let base = if cfg.model.is_empty() || a.model.model.is_some() {
+                    a.model.load()?
+                } else {
+                    ModelArgs { model: Some(PathBuf::from(&cfg.model)), device: a.model.device.clone() }.load()?
+                };
+                let model = if r == 0 {
+                    base
+                } else {
+                    let path = apl::RunDir(dir.clone()).policy(r);
+                    let t = candle_core::safetensors::load(&path, base.device())
+                        .map_err(|e| anyhow::anyhow!("{}: {e} (has round {r} finished training?)", path.display()))?;
+                    apl::active::policy_from_trainable(&base, cfg.train.lora.as_ref(), &t)?
+                };
+                let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+                (model, a.model_id.clone().unwrap_or_else(|| format!("{name}-round{r}")))
+            }
+        };
         let state = ::serve::openai::OpenAiState::new(model, model_id.clone()).with_api_key(key);
         app = app.merge(::serve::openai::router(Arc::new(state)));
         lines.push(format!("OpenAI-compatible API: http://{addr}/v1 (model {model_id:?})"));

@@ -419,3 +419,68 @@ fn experiment_with_an_unknown_strategy_fails_naming_it() {
     assert!(e.contains("bald") && !e.contains("panicked"), "{e}");
     assert!(!out.exists(), "a refused experiment created {}", out.display());
 }
+
+/// Starts `activepref serve` with `args` on a free port; returns the child and the base URL once it answers.
+fn start_server(args: &[&str], extra: &[&std::ffi::OsStr]) -> (std::process::Child, String) {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child =
+        bin().arg("serve").args(args).args(extra).args(["--addr", &addr]).stderr(Stdio::null()).spawn().unwrap();
+    let url = format!("http://{addr}");
+    let mut up = false;
+    for _ in 0..400 {
+        if TcpStream::connect(&addr).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    if !up {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        panic!("activepref serve did not start on {addr}");
+    }
+    (child, url)
+}
+
+#[test]
+fn serve_offers_a_runs_checkpoint_over_the_openai_api_and_the_runs_guidelines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, _) = judge_server();
+    let cfg = setup(tmp.path(), &url);
+    // The run's own guidelines for the labeling page.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[oracle]\nkind = \"judge\"",
+        "[oracle]\nkind = \"judge\"\nguidelines = \"Prefer the continuation with more letters e.\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let dir = tmp.path().join("run");
+    run_to_end(&cfg, &dir);
+    let model = tmp.path().join("model");
+    let (mut child, base) = start_server(
+        &["--openai", "--round", "2"],
+        &["--run".as_ref(), dir.as_os_str(), "--model".as_ref(), model.as_os_str()],
+    );
+    let get = |path: &str| -> (u16, String) {
+        let mut r = ureq::get(format!("{base}{path}")).config().http_status_as_error(false).build().call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let (status, models) = get("/v1/models");
+    let page = get("/").1;
+    let body = serde_json::json!({"model": "run-round2", "prompt": "review 1: the film", "max_tokens": 5, "seed": 1});
+    let mut r = ureq::post(format!("{base}/v1/completions"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_json(&body)
+        .unwrap();
+    let code = r.status().as_u16();
+    let answer: serde_json::Value = r.body_mut().read_json().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(status, 200, "{models}");
+    assert!(models.contains("\"run-round2\""), "{models}");
+    assert_eq!(code, 200, "{answer}");
+    assert!(answer["choices"][0]["text"].is_string(), "{answer}");
+    assert!(page.contains("more letters e"), "the run's guidelines are not on the labeling page");
+}
