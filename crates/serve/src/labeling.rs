@@ -244,9 +244,10 @@ impl LabelingState {
             .split("\n\n")
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(|p| format!("<p>{}</p>", escape_html(p)))
+            .map(|p| format!("<p>{}</p>", report::escape_html(p)))
             .collect();
-        let label_page = LABEL_HTML.replace("{{RUN}}", &escape_html(&run_name)).replace("{{GUIDELINES}}", &paragraphs);
+        let label_page =
+            LABEL_HTML.replace("{{RUN}}", &report::escape_html(&run_name)).replace("{{GUIDELINES}}", &paragraphs);
         Ok(Arc::new(Self {
             store_path: store.path().to_path_buf(),
             run_name,
@@ -812,21 +813,6 @@ fn stats_json(st: &LabelingState, s: &Store) -> Result<Value> {
     }))
 }
 
-fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 /// Serves `app` on `listener` until the process ends or, with `stop_on_ctrl_c`, until Ctrl-C (requests in
 /// flight finish first, so no acknowledged label is cut off). Builds its own tokio runtime.
 pub fn serve_blocking(listener: std::net::TcpListener, app: Router, stop_on_ctrl_c: bool) -> Result<()> {
@@ -896,6 +882,6 @@ mod tests {
 
     #[test]
     fn escapes_html() {
-        assert_eq!(escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(report::escape_html("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
     }
 }

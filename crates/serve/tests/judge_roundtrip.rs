@@ -5,26 +5,15 @@
 use candle_core::DType;
 use oracle::judge::{Judge, JudgeConfig, JudgeTask};
 use oracle::{Comparison, Oracle};
-use serve::openai::{router, OpenAiState};
-use std::sync::Arc;
+mod common;
 
-fn serve(state: OpenAiState) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, router(Arc::new(state))).await.unwrap();
-        });
-    });
-    format!("http://{}/v1", rx.recv().unwrap())
-}
+use common::serve;
+use serve::openai::OpenAiState;
 
 #[test]
 fn the_judge_oracle_talks_to_our_server() {
     let model = lm::testing::tiny_model("llama", 1, DType::F32).unwrap();
-    let url = serve(OpenAiState::new(model, "tiny-judge").with_api_key(Some("k3y".into())));
+    let url = format!("{}/v1", serve(OpenAiState::new(model, "tiny-judge").with_api_key(Some("k3y".into()))));
     std::env::set_var("ACTIVEPREF_TEST_JUDGE_KEY", "k3y");
     let dir = tempfile::tempdir().unwrap();
     // The tiny model has a 128-token context: a short custom question instead of the paper's.

@@ -6,8 +6,10 @@ use candle_core::DType;
 use lm::model::LanguageModel;
 use lm::sample::{generate, SampleParams};
 use serde_json::{json, Value};
-use serve::openai::{router, OpenAiState};
-use std::sync::Arc;
+mod common;
+
+use common::serve;
+use serve::openai::OpenAiState;
 use std::time::Duration;
 
 const MODEL_ID: &str = "tiny-llama";
@@ -15,20 +17,6 @@ const MODEL_ID: &str = "tiny-llama";
 /// The same random weights every call (seeded), so a test can keep one copy to compare against the served one.
 fn tiny() -> LanguageModel {
     lm::testing::tiny_model("llama", 1, DType::F32).unwrap()
-}
-
-/// Serves `state` on 127.0.0.1 from a background thread for the rest of the test process; returns the base URL.
-fn serve(state: OpenAiState) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, router(Arc::new(state))).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
 }
 
 fn agent() -> ureq::Agent {
