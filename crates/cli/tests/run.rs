@@ -189,6 +189,15 @@ fn run_writes_a_run_directory_and_a_second_call_resumes_to_the_same_end() {
     assert_eq!(outcome(&dir), (labels, wins));
 }
 
+/// The stages of a round, as `activepref run` announces them on stderr ("==> round 1/2: training …").
+const STAGES: [&str; 4] = ["acquiring", "asking", "training", "evaluating"];
+
+/// The stage the run was in when its stderr was last written.
+fn current_stage(stderr: &str) -> Option<&'static str> {
+    let line = stderr.lines().rev().find(|l| l.starts_with("==> "))?;
+    STAGES.into_iter().find(|k| line.contains(k))
+}
+
 #[test]
 fn kill_9_at_random_moments_then_resume_ends_with_the_same_labels() {
     let tmp = tempfile::tempdir().unwrap();
@@ -203,12 +212,17 @@ fn kill_9_at_random_moments_then_resume_ends_with_the_same_labels() {
     let asked_whole: usize = seen.lock().unwrap().values().sum();
     seen.lock().unwrap().clear();
 
+    // Each attempt waits for one stage (in turn: acquiring, asking, training, evaluating) to begin, then
+    // kills at a random moment shortly after. Keying the kills to the run's own progress rather than to the
+    // wall clock keeps the test meaningful when the machine is busy (cargo runs tests in parallel, and the
+    // uninterrupted run above may have been timed under load).
     let dir = tmp.path().join("killed");
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut kills = 0;
     let mut stages_hit = std::collections::BTreeSet::new();
-    let mut wait = full.as_secs_f64() / 10.0;
-    for _ in 0..60 {
+    let max_delay = (full.as_secs_f64() / 30.0).clamp(0.005, 0.2);
+    for attempt in 0..60 {
+        let target = STAGES[attempt % STAGES.len()];
         let log = tmp.path().join("stderr.txt");
         let mut child = bin()
             .args(["run", "--config"])
@@ -219,15 +233,23 @@ fn kill_9_at_random_moments_then_resume_ends_with_the_same_labels() {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs_f64(wait * rng.random_range(0.5..1.5));
-        let mut finished = None;
-        while Instant::now() < deadline {
+        let mut kill_at = None;
+        let finished = loop {
             if let Some(s) = child.try_wait().unwrap() {
-                finished = Some(s);
-                break;
+                break Some(s);
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            match kill_at {
+                Some(t) if Instant::now() >= t => break None,
+                Some(_) => {}
+                None => {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if current_stage(&text) == Some(target) {
+                        kill_at = Some(Instant::now() + Duration::from_secs_f64(rng.random_range(0.0..max_delay)));
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
         if let Some(s) = finished {
             assert!(s.success(), "{}", std::fs::read_to_string(&log).unwrap());
             break;
@@ -235,16 +257,9 @@ fn kill_9_at_random_moments_then_resume_ends_with_the_same_labels() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
-        let text = std::fs::read_to_string(&log).unwrap();
-        if let Some(stage) = text.lines().rev().find(|l| l.starts_with("==> ")) {
-            for k in ["acquiring", "asking", "training", "evaluating"] {
-                if stage.contains(k) {
-                    stages_hit.insert(k);
-                }
-            }
+        if let Some(stage) = current_stage(&std::fs::read_to_string(&log).unwrap()) {
+            stages_hit.insert(stage);
         }
-        // Later attempts get longer so every stage can finish eventually.
-        wait *= 1.08;
     }
     // Whatever state the last kill left, the same command finishes the run.
     run_to_end(&cfg, &dir);
