@@ -143,10 +143,12 @@ impl<'a> ActiveLoop<'a> {
         let store = Store::open(&dir.store())?;
         let toml = cfg.to_toml();
         // Compare configs, not texts: a store written by an older version (before a key with a default was
-        // added) still matches when the values are the same; it is then rewritten in today's form.
+        // added) still matches when the values are the same, and keys that may change between resumes
+        // (budgets, timeouts: `ActiveConfig::identity`) are left out; the stored config is then rewritten as
+        // it is now.
         if let Some(stored) = store.meta("config")? {
             if let Ok(c) = ActiveConfig::from_toml(&stored) {
-                if c.to_toml() == toml {
+                if c.identity().to_toml() == cfg.identity().to_toml() {
                     store.set_meta("config", &toml)?;
                 }
             }
@@ -294,23 +296,31 @@ impl<'a> ActiveLoop<'a> {
         }
     }
 
-    /// Asks the oracle about each query, committing each label before the next question.
+    /// Asks the oracle about each query, committing each label as soon as its answer arrives (an oracle may
+    /// have several questions in flight; a label is in the store before the next answer is taken).
     fn ask(&mut self, round: usize, pending: Vec<Query>) -> Result<()> {
         let total = pending.len();
         match &mut self.oracle {
             OracleHandle::Sync(oracle) => {
                 (self.events)(Event::Stage(format!("round {round}: asking {} for {total} label(s)", oracle.name())));
                 let name = oracle.name();
-                for (i, q) in pending.iter().enumerate() {
-                    if q.tokens[0] == q.tokens[1] {
-                        self.store.record_label(q.id, None, &name, "identical completions: not asked", None)?;
-                    } else {
-                        let a = oracle
-                            .compare(&Comparison { prompt: q.prompt.clone(), completions: q.completions.clone() })?;
-                        self.store.record_label(q.id, a.preferred, &name, &a.raw, None)?;
-                    }
-                    (self.events)(Event::Progress { what: "labels".into(), done: i + 1, total });
+                let (same, differ): (Vec<&Query>, Vec<&Query>) =
+                    pending.iter().partition(|q| q.tokens[0] == q.tokens[1]);
+                for q in &same {
+                    self.store.record_label(q.id, None, &name, "identical completions: not asked", None)?;
                 }
+                let mut labelled = same.len();
+                let questions: Vec<Comparison> = differ
+                    .iter()
+                    .map(|q| Comparison { prompt: q.prompt.clone(), completions: q.completions.clone() })
+                    .collect();
+                let (store, events) = (&self.store, &mut self.events);
+                oracle.compare_each(&questions, &mut |i, a| {
+                    store.record_label(differ[i].id, a.preferred, &name, &a.raw, None)?;
+                    labelled += 1;
+                    events(Event::Progress { what: "labels".into(), done: labelled, total });
+                    Ok(())
+                })?;
             }
             OracleHandle::Human { poll } => {
                 let poll = *poll;
@@ -445,23 +455,30 @@ impl<'a> ActiveLoop<'a> {
             }
         };
         let name = oracle.name();
-        for (i, (pid, policy)) in samples.iter().enumerate() {
-            if judged.contains(pid) {
-                continue;
-            }
+        let mut judged_now = judged.len();
+        // Completion 0 is the policy's, 1 the starting model's.
+        let mut asked: Vec<(i64, Comparison)> = Vec::new();
+        for (pid, policy) in samples.iter().filter(|(pid, _)| !judged.contains(pid)) {
             let baseline = &base[pid];
-            let (win, raw) = if policy == baseline {
-                (0.5, "identical completions: not asked".to_string())
+            if policy == baseline {
+                self.store.record_judgment(round, *pid, 0.5, &name, "identical completions: not asked")?;
+                judged_now += 1;
             } else {
-                let a = oracle.compare(&Comparison {
-                    prompt: text[pid].clone(),
-                    completions: [policy.clone(), baseline.clone()],
-                })?;
-                (a.preferred.map(|p| if p == 0 { 1.0 } else { 0.0 }).unwrap_or(no_answer), a.raw)
-            };
-            self.store.record_judgment(round, *pid, win, &name, &raw)?;
-            (self.events)(Event::Progress { what: "judging".into(), done: i + 1, total });
+                asked.push((
+                    *pid,
+                    Comparison { prompt: text[pid].clone(), completions: [policy.clone(), baseline.clone()] },
+                ));
+            }
         }
+        let questions: Vec<Comparison> = asked.iter().map(|(_, c)| c.clone()).collect();
+        let (store, events) = (&self.store, &mut self.events);
+        oracle.compare_each(&questions, &mut |i, a| {
+            let win = a.preferred.map(|p| if p == 0 { 1.0 } else { 0.0 }).unwrap_or(no_answer);
+            store.record_judgment(round, asked[i].0, win, &name, &a.raw)?;
+            judged_now += 1;
+            events(Event::Progress { what: "judging".into(), done: judged_now, total });
+            Ok(())
+        })?;
         let r = self.results()?.into_iter().find(|r| r.round == round);
         if let Some(RoundResult { win_rate: Some(w), win_rate_se: Some(se), labels, .. }) = r {
             self.emit(Event::Info(format!(

@@ -321,6 +321,28 @@ impl ActiveConfig {
         Ok(c)
     }
 
+    /// What makes two runs the same run: this config with the keys that may change between resumes set to
+    /// their defaults. Those keys say how to reach the LLM judge and how much it may spend (`api_key_env`,
+    /// `timeout_s`, `retries`, `backoff_s`, `max_backoff_s`, `max_calls`, `max_cost_tokens`, `concurrency`)
+    /// and how people are asked (`oracle.poll_seconds`, `oracle.guidelines`): none changes a question or its
+    /// answer, and a run stopped by a spent budget must be able to go on with a larger one.
+    pub fn identity(&self) -> ActiveConfig {
+        let mut c = self.clone();
+        let (j, d) = (&mut c.oracle.judge, JudgeConfig::default());
+        j.api_key_env = d.api_key_env;
+        j.timeout_s = d.timeout_s;
+        j.retries = d.retries;
+        j.backoff_s = d.backoff_s;
+        j.max_backoff_s = d.max_backoff_s;
+        j.max_calls = d.max_calls;
+        j.max_cost_tokens = d.max_cost_tokens;
+        j.concurrency = d.concurrency;
+        let o = OracleConfig::default();
+        c.oracle.poll_seconds = o.poll_seconds;
+        c.oracle.guidelines = o.guidelines;
+        c
+    }
+
     /// The config as TOML (every key, defaults included).
     pub fn to_toml(&self) -> String {
         let mut v = toml::Value::try_from(self).expect("config serialises");

@@ -94,6 +94,9 @@ fn serve(s: TcpStream, seen: &Mutex<HashMap<String, usize>>) -> std::io::Result<
     }
 }
 
+/// Questions the judge client keeps in flight in these runs.
+const JUDGE_CONCURRENCY: usize = 3;
+
 fn setup(tmp: &Path, judge_url: &str) -> PathBuf {
     let model = tmp.join("model");
     tiny_model("llama", 1, DType::F32).unwrap().save(&model).unwrap();
@@ -133,6 +136,7 @@ api_key_env = "ACTIVEPREF_TEST_UNSET_KEY"
 retries = 2
 backoff_s = 0.01
 timeout_s = 5
+concurrency = {CONCURRENCY}
 [eval]
 prompts = 8
 [train]
@@ -145,7 +149,8 @@ r = 2
 alpha = 4
 "#,
             model = model.display(),
-            prompts = prompts.display()
+            prompts = prompts.display(),
+            CONCURRENCY = JUDGE_CONCURRENCY,
         ),
     )
     .unwrap();
@@ -267,12 +272,49 @@ fn kill_9_at_random_moments_then_resume_ends_with_the_same_labels() {
     assert!(kills >= 4, "only {kills} kills");
     assert!(stages_hit.len() >= 3, "kills landed only in {stages_hit:?}");
     assert_eq!(outcome(&dir), want, "the killed-and-resumed run ended with other labels or win rates");
-    // Nothing was asked twice, except a question whose answer arrived after the kill and was never recorded.
+    // Nothing was asked twice, except questions in flight at a kill (the judge keeps JUDGE_CONCURRENCY at once)
+    // whose answers never reached the cache.
     let seen = seen.lock().unwrap();
     let repeats: usize = seen.values().map(|&n| n - 1).sum();
-    assert!(repeats <= kills, "{repeats} repeated questions for {kills} kills");
+    let in_flight = kills * JUDGE_CONCURRENCY;
+    assert!(repeats <= in_flight, "{repeats} repeated questions for {kills} kills");
     let asked: usize = seen.values().sum();
-    assert!(asked <= asked_whole + kills, "asked {asked}, uninterrupted run asked {asked_whole}");
+    assert!(asked <= asked_whole + in_flight, "asked {asked}, uninterrupted run asked {asked_whole}");
+}
+
+#[test]
+fn a_spent_judge_budget_stops_the_run_and_a_larger_one_resumes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, seen) = judge_server();
+    let cfg = setup(tmp.path(), &url);
+    let whole = tmp.path().join("whole");
+    run_to_end(&cfg, &whole);
+    let want = outcome(&whole);
+    seen.lock().unwrap().clear();
+
+    // A budget far below what the run needs: it stops, exit 1, saying what to do.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("timeout_s = 5\n", "timeout_s = 5\nmax_calls = 5\n")).unwrap();
+    let dir = tmp.path().join("budget");
+    let o = bin().args(["run", "--config"]).arg(&cfg).arg("--run-dir").arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("judge budget of 5 calls spent") && err.contains("rerun the same command"), "{err}");
+    assert_eq!(seen.lock().unwrap().values().sum::<usize>(), 5, "the budget was overrun");
+
+    // The same run with a larger budget goes on (the budget is not part of what makes a run the same run)
+    // and ends where the uninterrupted run ended, asking no question twice.
+    std::fs::write(&cfg, text.replace("timeout_s = 5\n", "timeout_s = 5\nmax_calls = 1000\n")).unwrap();
+    run_to_end(&cfg, &dir);
+    assert_eq!(outcome(&dir), want);
+    let seen = seen.lock().unwrap();
+    assert!(seen.values().all(|&n| n == 1), "a question was asked twice");
+    // Another seed is another run: refused, naming the key.
+    std::fs::write(&cfg, text.replace("seed = 3", "seed = 4")).unwrap();
+    let o = bin().args(["run", "--config"]).arg(&cfg).arg("--run-dir").arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("another configuration") && err.contains("seed = 4"), "{err}");
 }
 
 #[test]

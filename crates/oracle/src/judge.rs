@@ -17,11 +17,17 @@
 //!   once with the server's message; a spent budget stops it *before* the call that would exceed it. A
 //!   reply without a usable `Preferred: A|B` is not a fault: it is a non-answer (`preferred: None`),
 //!   counted in [`JudgeStats`], and the loop acquires another pair.
+//!
+//! A judge is slow (a second or more per question) but takes many questions at once, so
+//! [`Oracle::compare_each`] keeps `concurrency` requests in flight; the cache, the budgets and the
+//! statistics sit behind one lock, and the call budget counts requests in flight, so it is never overrun.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -153,6 +159,10 @@ pub struct JudgeConfig {
     /// Seed of the A/B order. The order of each comparison is a hash of this seed and its texts, so the
     /// same comparison is always asked the same way. Default `0`.
     pub seed: u64,
+    /// Most requests in flight at once when a batch of pairs is asked (a round's labels, an evaluation).
+    /// Hosted APIs and vLLM answer many at once; use `1` for a server that answers one request at a time
+    /// and slowly, since time spent queued there counts toward `timeout_s`. Default `4`.
+    pub concurrency: usize,
 }
 
 impl Default for JudgeConfig {
@@ -174,6 +184,7 @@ impl Default for JudgeConfig {
             max_cost_tokens: None,
             cache_file: None,
             seed: 0,
+            concurrency: 4,
         }
     }
 }
@@ -211,12 +222,19 @@ pub struct Judge {
     system_prompt: String,
     user_template: String,
     agent: ureq::Agent,
+    /// Everything that changes as questions are answered; one lock, so concurrent requests share it.
+    state: Mutex<JudgeState>,
+}
+
+struct JudgeState {
     cache: HashMap<String, String>,
     cache_writer: Option<File>,
     stats: JudgeStats,
     /// Calls and tokens paid by earlier processes, as recorded in the cache file: budgets cover the whole
     /// run across resumes, not one process.
     spent_before: JudgeStats,
+    /// Calls sent and not yet answered; the call budget counts them, so concurrent requests can't overrun it.
+    in_flight: u64,
 }
 
 /// One line of the cache file.
@@ -255,6 +273,9 @@ impl Judge {
         }
         if cfg.max_tokens == 0 {
             bail!("judge max_tokens must be > 0");
+        }
+        if cfg.concurrency == 0 {
+            bail!("judge concurrency must be at least 1 (1 = one request at a time)");
         }
 
         let (system_prompt, user_template) = match cfg.task {
@@ -308,11 +329,20 @@ impl Judge {
             system_prompt,
             user_template,
             agent,
-            cache,
-            cache_writer,
-            stats: JudgeStats::default(),
-            spent_before,
+            state: Mutex::new(JudgeState {
+                cache,
+                cache_writer,
+                stats: JudgeStats::default(),
+                spent_before,
+                in_flight: 0,
+            }),
         })
+    }
+
+    /// The shared state. A worker that panicked mid-update can only have left counters behind, so a
+    /// poisoned lock is used as it is.
+    fn state(&self) -> MutexGuard<'_, JudgeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn config(&self) -> &JudgeConfig {
@@ -320,12 +350,12 @@ impl Judge {
     }
 
     pub fn stats(&self) -> JudgeStats {
-        self.stats
+        self.state().stats
     }
 
     /// Replies held in the cache (from earlier runs and this one).
     pub fn cached_replies(&self) -> usize {
-        self.cache.len()
+        self.state().cache.len()
     }
 
     /// Whether `c` is shown with its completions swapped: a fair coin, but a fixed one per (seed, comparison)
@@ -377,27 +407,42 @@ impl Judge {
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Fails if the next HTTP call would go over a budget, before anything is sent.
-    fn check_budget(&self) -> Result<()> {
-        let resume = "raise it in the judge config and rerun the same command to resume (answered pairs are kept)";
-        let (calls, tokens) =
-            (self.stats.calls + self.spent_before.calls, self.stats.tokens + self.spent_before.tokens);
-        if let Some(max) = self.cfg.max_calls {
-            if calls >= max {
-                bail!("judge budget of {max} calls spent (max_calls, counting the calls in the cache file); {resume}");
+    /// The reply to `q`: from the cache, or from one HTTP call (with its retries), which is then cached.
+    /// Fails before sending if a budget is spent. Takes `&self`, so several can run at once.
+    fn reply(&self, q: &JudgeQuestion) -> Result<String> {
+        let key = self.cache_key(q);
+        {
+            let mut st = self.state();
+            if let Some(reply) = st.cache.get(&key).cloned() {
+                st.stats.cache_hits += 1;
+                return Ok(reply);
             }
+            st.reserve_call(&self.cfg)?;
         }
-        if let Some(max) = self.cfg.max_cost_tokens {
-            if tokens >= max {
-                bail!("judge token budget of {max} spent ({tokens} tokens used, max_cost_tokens); {resume}");
-            }
+        let result = self.ask(q);
+        let mut st = self.state();
+        st.in_flight -= 1;
+        let (reply, usage) = result?;
+        st.stats.calls += 1;
+        st.stats.tokens += usage.get("total_tokens").and_then(Value::as_u64).unwrap_or(0);
+        st.remember(self.cfg.cache_file.as_deref(), key, &reply, usage)?;
+        Ok(reply)
+    }
+
+    /// Reads `reply` as an answer to `q`, undoing the A/B swap.
+    fn answer(&self, q: &JudgeQuestion, reply: String) -> Answer {
+        let shown = parse_preference(&reply).map(|l| if l == 'A' { 0 } else { 1 });
+        // Undo the swap: shown A is completion 1 when swapped.
+        let preferred = shown.map(|i| if q.swapped { 1 - i } else { i });
+        if preferred.is_none() {
+            self.state().stats.non_answers += 1;
         }
-        Ok(())
+        Answer { preferred, raw: json!({"reply": reply, "swapped": q.swapped}).to_string() }
     }
 
     /// Sends the question, retrying transient faults with exponential backoff. Returns the reply text and the
     /// server's `usage` object.
-    fn ask(&mut self, q: &JudgeQuestion) -> Result<(String, Value)> {
+    fn ask(&self, q: &JudgeQuestion) -> Result<(String, Value)> {
         let url = self.chat_url();
         let body = json!({
             "model": self.cfg.model,
@@ -424,7 +469,7 @@ impl Judge {
                     let wait = retry_after.map_or(backoff, |d| d.as_secs_f64()).min(self.cfg.max_backoff_s);
                     std::thread::sleep(Duration::from_secs_f64(wait));
                     backoff = (backoff * 2.0).min(self.cfg.max_backoff_s);
-                    self.stats.retries += 1;
+                    self.state().stats.retries += 1;
                 }
             }
         }
@@ -494,10 +539,31 @@ impl Judge {
             e => e.to_string(),
         }
     }
+}
+
+impl JudgeState {
+    /// Counts one more call in flight, or fails if it would go over a budget, before anything is sent.
+    fn reserve_call(&mut self, cfg: &JudgeConfig) -> Result<()> {
+        let resume = "raise it in the judge config and rerun the same command to resume (answered pairs are kept)";
+        let calls = self.stats.calls + self.spent_before.calls;
+        let tokens = self.stats.tokens + self.spent_before.tokens;
+        if let Some(max) = cfg.max_calls {
+            if calls + self.in_flight >= max {
+                bail!("judge budget of {max} calls spent (max_calls, counting the calls in the cache file); {resume}");
+            }
+        }
+        if let Some(max) = cfg.max_cost_tokens {
+            if tokens >= max {
+                bail!("judge token budget of {max} spent ({tokens} tokens used, max_cost_tokens); {resume}");
+            }
+        }
+        self.in_flight += 1;
+        Ok(())
+    }
 
     /// Appends one reply to the cache file and syncs it, so an acknowledged answer survives a crash.
-    fn remember(&mut self, key: String, reply: &str, usage: Value) -> Result<()> {
-        if let (Some(file), Some(path)) = (&mut self.cache_writer, &self.cfg.cache_file) {
+    fn remember(&mut self, path: Option<&Path>, key: String, reply: &str, usage: Value) -> Result<()> {
+        if let (Some(file), Some(path)) = (&mut self.cache_writer, path) {
             let mut line = serde_json::to_string(&CacheLine { key: key.clone(), reply: reply.to_string(), usage })?;
             line.push('\n');
             // One write of the whole line: a crash leaves at most a torn last line, which loading drops.
@@ -517,28 +583,76 @@ impl Oracle for Judge {
 
     fn compare(&mut self, c: &Comparison) -> Result<Answer> {
         let q = self.question(c);
-        let key = self.cache_key(&q);
-        let reply = match self.cache.get(&key) {
-            Some(reply) => {
-                self.stats.cache_hits += 1;
-                reply.clone()
+        let reply = self.reply(&q)?;
+        Ok(self.answer(&q, reply))
+    }
+
+    /// Up to `concurrency` questions in flight. Workers take the next question as they free up; answers come
+    /// back to this thread, which hands them to `done` (the caller's commit) one at a time. After a fault no
+    /// new question is sent, the answers to those in flight are still handed over, and the first error is
+    /// returned. Identical questions in one batch are asked once.
+    fn compare_each(&mut self, cs: &[Comparison], done: &mut dyn FnMut(usize, Answer) -> Result<()>) -> Result<()> {
+        // One job per distinct question, remembering every index that asked it.
+        let mut jobs: Vec<(JudgeQuestion, Vec<usize>)> = Vec::new();
+        let mut by_key: HashMap<String, usize> = HashMap::new();
+        for (i, c) in cs.iter().enumerate() {
+            let q = self.question(c);
+            match by_key.entry(self.cache_key(&q)) {
+                std::collections::hash_map::Entry::Occupied(e) => jobs[*e.get()].1.push(i),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(jobs.len());
+                    jobs.push((q, vec![i]));
+                }
             }
-            None => {
-                self.check_budget()?;
-                let (reply, usage) = self.ask(&q)?;
-                self.stats.calls += 1;
-                self.stats.tokens += usage.get("total_tokens").and_then(Value::as_u64).unwrap_or(0);
-                self.remember(key, &reply, usage)?;
-                reply
-            }
-        };
-        let shown = parse_preference(&reply).map(|l| if l == 'A' { 0 } else { 1 });
-        // Undo the swap: shown A is completion 1 when swapped.
-        let preferred = shown.map(|i| if q.swapped { 1 - i } else { i });
-        if preferred.is_none() {
-            self.stats.non_answers += 1;
         }
-        Ok(Answer { preferred, raw: json!({"reply": reply, "swapped": q.swapped}).to_string() })
+        let workers = self.cfg.concurrency.min(jobs.len());
+        let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let this = &*self;
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(usize, Result<String>)>();
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let (jobs, next, stop) = (&jobs, &next, &stop);
+                scope.spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let j = next.fetch_add(1, Ordering::SeqCst);
+                        let Some((q, _)) = jobs.get(j) else { break };
+                        let reply = this.reply(q);
+                        if reply.is_err() {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                        if tx.send((j, reply)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut first_error = None;
+            let mut delivering = true;
+            for (j, reply) in rx {
+                match reply {
+                    Ok(reply) if delivering => {
+                        let (q, indices) = &jobs[j];
+                        let a = this.answer(q, reply);
+                        for &i in indices {
+                            if let Err(e) = done(i, a.clone()) {
+                                // The caller can't take answers any more: send nothing new, hand over nothing.
+                                stop.store(true, Ordering::SeqCst);
+                                delivering = false;
+                                first_error.get_or_insert(e);
+                                break;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
     }
 }
 

@@ -56,6 +56,19 @@ pub trait Oracle {
     /// A short name recorded with every label, e.g. `vader` or `judge:gpt-4o-mini`.
     fn name(&self) -> String;
     fn compare(&mut self, c: &Comparison) -> Result<Answer>;
+
+    /// Answers every comparison in `cs`, handing each answer to `done(index, answer)` as soon as it is
+    /// known, so the caller can commit it before anything else can go wrong. Answers may arrive in any
+    /// order (an oracle that asks a remote server asks several questions at once). On a fault, the answers
+    /// already received are still handed over, then the first error is returned; an error from `done` stops
+    /// the work too. The default asks one at a time, in order.
+    fn compare_each(&mut self, cs: &[Comparison], done: &mut dyn FnMut(usize, Answer) -> Result<()>) -> Result<()> {
+        for (i, c) in cs.iter().enumerate() {
+            let a = self.compare(c)?;
+            done(i, a)?;
+        }
+        Ok(())
+    }
 }
 
 /// A scalar text scorer (higher = better), e.g. a sentiment model.

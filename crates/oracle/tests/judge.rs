@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use oracle::judge::{
     parse_preference, Judge, JudgeConfig, JudgeStats, JudgeTask, IMDB_SYSTEM_PROMPT, TLDR_SYSTEM_PROMPT,
 };
-use oracle::{Comparison, Oracle};
+use oracle::{Answer, Comparison, Oracle};
 use serde_json::{json, Value};
 
 /// One request as the server saw it.
@@ -526,6 +526,9 @@ fn config_defaults_and_unknown_fields() {
     assert_eq!(cfg.task, JudgeTask::Imdb);
     assert_eq!((cfg.temperature, cfg.max_tokens, cfg.timeout_s, cfg.retries, cfg.backoff_s), (0.05, 128, 60.0, 5, 1.0));
     assert_eq!((cfg.max_calls, cfg.max_cost_tokens, cfg.cache_file.clone()), (None, None, None));
+    assert_eq!(cfg.concurrency, 4);
+    let err = Judge::new(JudgeConfig { concurrency: 0, ..config("http://127.0.0.1:9/v1") }).err().unwrap();
+    assert!(err.to_string().contains("concurrency must be at least 1"), "{err}");
     let cfg: JudgeConfig = serde_json::from_str(r#"{"task": "tldr", "max_calls": 10}"#).unwrap();
     assert_eq!((cfg.task, cfg.max_calls), (JudgeTask::Tldr, Some(10)));
     assert!(serde_json::from_str::<JudgeConfig>(r#"{"modle": "gpt-4"}"#).is_err());
@@ -565,4 +568,110 @@ fn parse_preference_on_hand_made_replies() {
     for (reply, expected) in cases {
         assert_eq!(parse_preference(reply), *expected, "{reply:?}");
     }
+}
+
+/// A `great_judge` that takes `delay` per reply and records the most requests it had in hand at once.
+fn slow_judge_server(delay: Duration) -> (Server, Arc<Mutex<(usize, usize)>>) {
+    let busy: Arc<Mutex<(usize, usize)>> = Arc::default(); // (now, most)
+    let b = busy.clone();
+    let server = Server::start(move |req, i| {
+        {
+            let mut b = b.lock().unwrap();
+            b.0 += 1;
+            b.1 = b.1.max(b.0);
+        }
+        std::thread::sleep(delay);
+        b.lock().unwrap().0 -= 1;
+        great_judge(req, i)
+    });
+    (server, busy)
+}
+
+/// Runs `compare_each`, returning the answers by index (None where none was handed over) and the result.
+fn compare_each(judge: &mut Judge, cs: &[Comparison]) -> (Vec<Option<Answer>>, anyhow::Result<()>) {
+    let mut got = vec![None; cs.len()];
+    let r = judge.compare_each(cs, &mut |i, a| {
+        assert!(got[i].is_none(), "answer {i} handed over twice");
+        got[i] = Some(a);
+        Ok(())
+    });
+    (got, r)
+}
+
+#[test]
+fn a_batch_keeps_concurrency_requests_in_flight_and_gets_the_sequential_answers() {
+    let (server, busy) = slow_judge_server(Duration::from_millis(100));
+    let pairs: Vec<Comparison> = (0..12).map(pair).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.jsonl");
+    let cfg = JudgeConfig { concurrency: 4, cache_file: Some(cache.clone()), ..config(&server.base_url) };
+    let mut judge = Judge::new(cfg).unwrap();
+    let (got, r) = compare_each(&mut judge, &pairs);
+    r.unwrap();
+    let most = busy.lock().unwrap().1;
+    assert!((2..=4).contains(&most), "{most} requests in flight at once, want 2..=4");
+    assert_eq!(server.count(), 12);
+    assert_eq!(judge.stats().calls, 12);
+    // Every reply is in the cache, one line each, and the answers equal one-at-a-time answers.
+    assert_eq!(std::fs::read_to_string(&cache).unwrap().lines().count(), 12);
+    let mut one = Judge::new(JudgeConfig { concurrency: 1, ..config(&server.base_url) }).unwrap();
+    for (c, a) in pairs.iter().zip(&got) {
+        let a = a.as_ref().expect("every pair answered");
+        assert_eq!(a.preferred, Some(0));
+        assert_eq!(*a, one.compare(c).unwrap());
+    }
+    // The same question twice in one batch is asked once and answered twice.
+    let (server, _) = slow_judge_server(Duration::from_millis(1));
+    let mut judge = Judge::new(JudgeConfig { concurrency: 4, ..config(&server.base_url) }).unwrap();
+    let (got, r) = compare_each(&mut judge, &[pair(1), pair(2), pair(1)]);
+    r.unwrap();
+    assert_eq!(server.count(), 2);
+    assert_eq!(got[0], got[2]);
+    assert!(got.iter().all(Option::is_some));
+}
+
+#[test]
+fn concurrent_requests_never_overrun_the_call_budget() {
+    let (server, _) = slow_judge_server(Duration::from_millis(30));
+    let cfg = JudgeConfig { concurrency: 4, max_calls: Some(5), ..config(&server.base_url) };
+    let mut judge = Judge::new(cfg).unwrap();
+    let pairs: Vec<Comparison> = (0..10).map(pair).collect();
+    let (got, r) = compare_each(&mut judge, &pairs);
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("judge budget of 5 calls spent"), "{err}");
+    assert_eq!(server.count(), 5);
+    // Every paid answer was handed over before the error.
+    assert_eq!(got.iter().filter(|a| a.is_some()).count(), 5);
+}
+
+#[test]
+fn a_fault_or_a_failing_commit_stops_sending_new_questions() {
+    // The key is refused from the third request on: answers in flight still arrive, nothing new is sent.
+    let server = Server::start(|req, i| {
+        std::thread::sleep(Duration::from_millis(20));
+        if i >= 2 {
+            Reply::Status(401, r#"{"error":{"message":"bad key"}}"#.into(), vec![])
+        } else {
+            great_judge(req, i)
+        }
+    });
+    let mut judge = Judge::new(JudgeConfig { concurrency: 2, ..config(&server.base_url) }).unwrap();
+    let pairs: Vec<Comparison> = (0..10).map(pair).collect();
+    let (got, r) = compare_each(&mut judge, &pairs);
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("401"), "{err}");
+    assert_eq!(got.iter().filter(|a| a.is_some()).count(), 2);
+    assert!(server.count() <= 4, "{} requests after a fatal error", server.count());
+
+    // The caller can't commit: the error is returned and no more questions go out than were in flight.
+    let (server, _) = slow_judge_server(Duration::from_millis(20));
+    let mut judge = Judge::new(JudgeConfig { concurrency: 3, ..config(&server.base_url) }).unwrap();
+    let mut handed = 0;
+    let r = judge.compare_each(&pairs, &mut |_, _| {
+        handed += 1;
+        anyhow::bail!("disk full")
+    });
+    assert_eq!(r.unwrap_err().to_string(), "disk full");
+    assert_eq!(handed, 1);
+    assert!(server.count() <= 6, "{} requests after the commit failed", server.count());
 }
