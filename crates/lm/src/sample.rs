@@ -133,7 +133,25 @@ pub fn generate(
     lengths: Option<&[usize]>,
     batch_size: usize,
     first_index: usize,
+    progress: impl FnMut(usize),
+) -> Result<Vec<Sample>> {
+    generate_watched(model, prompts, params, lengths, batch_size, first_index, progress, |_, _| true)
+}
+
+/// [`generate`], calling `on_token(i, sample)` after each token sampled for prompt `i` (counted from
+/// `first_index`), with the sample so far. Returning `false` ends that row there (the token is kept), which
+/// is how a server streams text as it is made and stops at a stop string instead of sampling on. Other
+/// rows are unaffected: each row has its own RNG stream.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_watched(
+    model: &LanguageModel,
+    prompts: &[Vec<u32>],
+    params: &SampleParams,
+    lengths: Option<&[usize]>,
+    batch_size: usize,
+    first_index: usize,
     mut progress: impl FnMut(usize),
+    mut on_token: impl FnMut(usize, &Sample) -> bool,
 ) -> Result<Vec<Sample>> {
     if let Some(l) = lengths {
         if l.len() != prompts.len() {
@@ -146,7 +164,7 @@ pub fn generate(
         let lens: Vec<usize> = (0..chunk.len())
             .map(|i| lengths.map(|l| l[start + i].min(params.max_new_tokens)).unwrap_or(params.max_new_tokens))
             .collect();
-        out.extend(generate_batch(model, chunk, params, &lens, first_index + start)?);
+        out.extend(generate_batch(model, chunk, params, &lens, first_index + start, &mut on_token)?);
         progress(out.len());
     }
     Ok(out)
@@ -158,6 +176,7 @@ fn generate_batch(
     params: &SampleParams,
     max_new: &[usize],
     first_index: usize,
+    on_token: &mut dyn FnMut(usize, &Sample) -> bool,
 ) -> Result<Vec<Sample>> {
     let dev = model.device().clone();
     let b = prompts.len();
@@ -211,7 +230,8 @@ fn generate_batch(
             s.logprobs.push(lp);
             let eos = params.stop_at_eos && model.tokenizer.is_eos(tok);
             s.stopped_at_eos = eos;
-            if !eos && s.tokens.len() < max_new[si] {
+            let go_on = on_token(first_index + si, s);
+            if go_on && !eos && s.tokens.len() < max_new[si] {
                 keep.push(r as u32);
                 next.push(tok);
             }

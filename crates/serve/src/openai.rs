@@ -9,7 +9,8 @@
 //! knows nothing of runs. Behaviour, as close to OpenAI's as a single CPU-bound model allows:
 //! - `model` must name the served model (404 `model_not_found` otherwise, saying which one is served).
 //! - Sampling: `temperature` (0 = greedy, ≤ 2), `top_p`, `n`, `seed` (same seed, same text), `stop` (up to 4
-//!   strings; the text is cut before the first one and `finish_reason` is `"stop"`), `max_tokens`
+//!   strings; sampling of a choice ends at the token that completes one, the text is cut before it and
+//!   `finish_reason` is `"stop"`), `max_tokens`
 //!   (`max_completion_tokens` too for chat) and, as vLLM does, `top_k`. Without a seed each request draws one.
 //!   The model's EOS ends a choice with `"stop"`; running out of tokens gives `"length"`. Special tokens are
 //!   dropped from the text.
@@ -17,8 +18,14 @@
 //!   test models built without a template) gets a plain `role: content` transcript ending in `assistant:`.
 //! - `usage` counts tokens as the model sees them: every prompt once, and the generated tokens of every choice
 //!   up to (and including) a stop string or EOS.
+//! - `stream: true` answers with server-sent events as OpenAI does: `chat.completion.chunk` (or `text_completion`)
+//!   chunks carrying each choice's new text as it is sampled, a last chunk per choice with its `finish_reason`,
+//!   with `stream_options.include_usage` a final chunk with `usage` and no choices, then `data: [DONE]`. The
+//!   streamed text of a choice equals the text the same request gets without streaming. Text that might be
+//!   the start of a stop string, or half of a multi-byte character, is held back until it is known. A client
+//!   that hangs up ends the generation.
 //! - Refused with a 400 rather than silently ignored, because they would change what the client gets back:
-//!   `stream`, `logprobs`/`top_logprobs`, `echo`, `suffix`, `best_of` > 1, `tools`, non-text message parts.
+//!   `logprobs`/`top_logprobs`, `echo`, `suffix`, `best_of` > 1, `tools`, non-text message parts.
 //!   Penalties, `logit_bias`, `user` and other fields are accepted and ignored.
 //! - Errors use OpenAI's body, `{"error": {"message", "type", "param", "code"}}`, including malformed JSON,
 //!   an oversized body, a prompt that does not fit the model's context (`context_length_exceeded`) and a
@@ -33,16 +40,18 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lm::model::LanguageModel;
-use lm::sample::{generate, SampleParams};
+use lm::sample::{generate_watched, Sample, SampleParams};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 
 /// `max_tokens` of `/v1/completions` when the request gives none (OpenAI's default).
 pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
@@ -181,7 +190,7 @@ async fn list_models(State(s): State<Arc<OpenAiState>>) -> Json<Value> {
 async fn completions(
     State(s): State<Arc<OpenAiState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let obj = parse_body(body)?;
     let opts = SamplingRequest::parse(&obj, &s, &["max_tokens"], DEFAULT_COMPLETION_MAX_TOKENS)?;
     let prompts = parse_prompt(&obj)?;
@@ -190,26 +199,32 @@ async fn completions(
     }
     let st = s.clone();
     let ids = blocking(move || prompts.into_iter().map(|p| tokenize_prompt(&st.model, p)).collect()).await?;
-    let (usage, choices) = run_generation(&s, ids, opts, "prompt").await?;
+    let job = Job::new(&s, ids, &opts, "prompt")?;
+    let head = ChunkHead::new(Endpoint::Completions, &s.model_id, opts.include_usage);
+    if opts.stream {
+        return stream_generation(&s, job, head).await;
+    }
+    let (usage, choices) = run_generation(&s, job).await?;
     let choices: Vec<Value> = choices
         .into_iter()
         .enumerate()
         .map(|(i, c)| json!({"index": i, "text": c.text, "logprobs": null, "finish_reason": c.finish_reason}))
         .collect();
     Ok(Json(json!({
-        "id": format!("cmpl-{:032x}", rand::random::<u128>()),
+        "id": head.id,
         "object": "text_completion",
-        "created": unix_now(),
+        "created": head.created,
         "model": s.model_id,
         "choices": choices,
         "usage": usage,
-    })))
+    }))
+    .into_response())
 }
 
 async fn chat_completions(
     State(s): State<Arc<OpenAiState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let obj = parse_body(body)?;
     // OpenAI renamed `max_tokens` to `max_completion_tokens` for chat; the newer name wins when both are given.
     let opts = SamplingRequest::parse(&obj, &s, &["max_completion_tokens", "max_tokens"], DEFAULT_CHAT_MAX_TOKENS)?;
@@ -233,7 +248,12 @@ async fn chat_completions(
         Ok(vec![ids])
     })
     .await?;
-    let (usage, choices) = run_generation(&s, ids, opts, "messages").await?;
+    let job = Job::new(&s, ids, &opts, "messages")?;
+    let head = ChunkHead::new(Endpoint::Chat, &s.model_id, opts.include_usage);
+    if opts.stream {
+        return stream_generation(&s, job, head).await;
+    }
+    let (usage, choices) = run_generation(&s, job).await?;
     let choices: Vec<Value> = choices
         .into_iter()
         .enumerate()
@@ -247,13 +267,14 @@ async fn chat_completions(
         })
         .collect();
     Ok(Json(json!({
-        "id": format!("chatcmpl-{:032x}", rand::random::<u128>()),
+        "id": head.id,
         "object": "chat.completion",
-        "created": unix_now(),
+        "created": head.created,
         "model": s.model_id,
         "choices": choices,
         "usage": usage,
-    })))
+    }))
+    .into_response())
 }
 
 /// The request body as a JSON object; axum's plain-text rejections (too large, unreadable) become OpenAI errors.
@@ -291,6 +312,10 @@ struct SamplingRequest {
     n: usize,
     seed: u64,
     stop: Vec<String>,
+    /// Answer with server-sent events as the text is sampled.
+    stream: bool,
+    /// With `stream`: end with a chunk that carries `usage` (`stream_options.include_usage`).
+    include_usage: bool,
 }
 
 impl SamplingRequest {
@@ -375,7 +400,44 @@ impl SamplingRequest {
         }
         // An empty stop string would match at once; OpenAI ignores it too.
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
-        Ok(Self { max_tokens, default_max_tokens, temperature, top_p, top_k, n: n as usize, seed, stop })
+        let stream = field::<bool>(obj, "stream")?.unwrap_or(false);
+        let include_usage = match obj.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(_) if !stream => {
+                return Err(ApiError::invalid(
+                    "`stream_options` is only allowed with `stream: true`",
+                    Some("stream_options"),
+                ))
+            }
+            Some(Value::Object(o)) => match o.get("include_usage") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => {
+                    return Err(ApiError::invalid(
+                        format!("`stream_options.include_usage` must be a boolean, got {v}"),
+                        Some("stream_options"),
+                    ))
+                }
+            },
+            Some(v) => {
+                return Err(ApiError::invalid(
+                    format!("`stream_options` must be an object, got {v}"),
+                    Some("stream_options"),
+                ))
+            }
+        };
+        Ok(Self {
+            max_tokens,
+            default_max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            n: n as usize,
+            seed,
+            stop,
+            stream,
+            include_usage,
+        })
     }
 }
 
@@ -387,12 +449,6 @@ fn reject_unsupported(obj: &Map<String, Value>) -> Result<(), ApiError> {
         Some(Value::Number(n)) => name != "best_of" || n.as_u64().is_none_or(|b| b > 1),
         Some(_) => true,
     };
-    if truthy("stream") {
-        return Err(ApiError::unsupported(
-            "streaming is not supported by this server: send the request without `stream` (or with `stream: false`)",
-            "stream",
-        ));
-    }
     for name in ["logprobs", "top_logprobs", "echo", "suffix", "best_of"] {
         if truthy(name) {
             return Err(ApiError::unsupported(format!("`{name}` is not supported by this server"), name));
@@ -545,116 +601,291 @@ struct Choice {
     finish_reason: &'static str,
 }
 
-/// Checks the prompts against the context, samples `n` choices per prompt (one request at a time) and returns
-/// the `usage` object with the choices, prompt-major as OpenAI orders them.
-async fn run_generation(
-    s: &Arc<OpenAiState>,
-    prompts: Vec<Vec<u32>>,
-    opts: SamplingRequest,
-    prompt_param: &'static str,
-) -> Result<(Value, Vec<Choice>), ApiError> {
-    let ctx = s.model.config.max_position;
-    for (i, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            return Err(ApiError::invalid(
-                format!("prompt {i} is empty: the model needs at least one token to condition on"),
-                Some(prompt_param),
-            ));
-        }
-        if p.len() >= ctx {
-            return Err(ApiError::context(
-                format!(
-                    "this model's maximum context length is {ctx} tokens, but the prompt has {} tokens, leaving no \
-                     room for a completion; shorten the prompt",
-                    p.len()
-                ),
-                prompt_param,
-            ));
-        }
-    }
-    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let max_new = match opts.max_tokens {
-        Some((m, name)) => {
-            if longest.saturating_add(m) > ctx {
-                return Err(ApiError::context(
-                    format!(
-                        "this model's maximum context length is {ctx} tokens, but you requested {} tokens ({longest} \
-                         in the prompt; {m} for the completion); reduce the prompt or `{name}`",
-                        longest.saturating_add(m)
-                    ),
-                    name,
+/// A checked generation: the rows to sample (prompt-major, `n` per prompt) and how.
+struct Job {
+    rows: Vec<Vec<u32>>,
+    params: SampleParams,
+    stop: Vec<String>,
+    prompt_tokens: usize,
+}
+
+impl Job {
+    /// Checks the prompts against the context and settles the completion length.
+    fn new(
+        s: &OpenAiState,
+        prompts: Vec<Vec<u32>>,
+        opts: &SamplingRequest,
+        prompt_param: &'static str,
+    ) -> Result<Self, ApiError> {
+        let ctx = s.model.config.max_position;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(ApiError::invalid(
+                    format!("prompt {i} is empty: the model needs at least one token to condition on"),
+                    Some(prompt_param),
                 ));
             }
-            m
+            if p.len() >= ctx {
+                return Err(ApiError::context(
+                    format!(
+                        "this model's maximum context length is {ctx} tokens, but the prompt has {} tokens, leaving \
+                         no room for a completion; shorten the prompt",
+                        p.len()
+                    ),
+                    prompt_param,
+                ));
+            }
         }
-        None => opts.default_max_tokens.min(ctx - longest),
-    };
-    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
-    let rows: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), opts.n)).collect();
-    let params = SampleParams {
-        max_new_tokens: max_new,
-        temperature: opts.temperature,
-        top_k: opts.top_k,
-        top_p: opts.top_p,
-        seed: opts.seed,
-        stop_at_eos: true,
-    };
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max_new = match opts.max_tokens {
+            Some((m, name)) => {
+                if longest.saturating_add(m) > ctx {
+                    return Err(ApiError::context(
+                        format!(
+                            "this model's maximum context length is {ctx} tokens, but you requested {} tokens \
+                             ({longest} in the prompt; {m} for the completion); reduce the prompt or `{name}`",
+                            longest.saturating_add(m)
+                        ),
+                        name,
+                    ));
+                }
+                m
+            }
+            None => opts.default_max_tokens.min(ctx - longest),
+        };
+        let prompt_tokens = prompts.iter().map(Vec::len).sum();
+        let rows = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), opts.n)).collect();
+        let params = SampleParams {
+            max_new_tokens: max_new,
+            temperature: opts.temperature,
+            top_k: opts.top_k,
+            top_p: opts.top_p,
+            seed: opts.seed,
+            stop_at_eos: true,
+        };
+        Ok(Self { rows, params, stop: opts.stop.clone(), prompt_tokens })
+    }
+
+    fn usage(&self, completion_tokens: usize) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        })
+    }
+}
+
+/// Where a choice's text ends so far: at a stop string (`finish` "stop"), at EOS ("stop"), at the length limit
+/// ("length"), or — while it goes on — before any tail that may still turn into a stop string or is half a
+/// character, so that nothing sent needs taking back.
+fn text_end(text: &str, sample: &Sample, max_new: usize, stop: &[String]) -> (usize, Option<&'static str>) {
+    if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        return (cut, Some("stop"));
+    }
+    if sample.stopped_at_eos {
+        return (text.len(), Some("stop"));
+    }
+    if sample.tokens.len() >= max_new {
+        return (text.len(), Some("length"));
+    }
+    // A byte-level tokenizer can end a token inside a character; the decoder shows U+FFFD until it is whole.
+    let mut end = text.len();
+    while text[..end].ends_with('\u{FFFD}') {
+        end -= '\u{FFFD}'.len_utf8();
+    }
+    let held = stop
+        .iter()
+        .filter_map(|s| (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && text[..end].ends_with(&s[..k])))
+        .max()
+        .unwrap_or(0);
+    (end - held, None)
+}
+
+/// Samples the job's rows (one request at a time) and returns the `usage` object with the choices,
+/// prompt-major as OpenAI orders them. A choice stops sampling at the token that completes a stop string.
+async fn run_generation(s: &Arc<OpenAiState>, job: Job) -> Result<(Value, Vec<Choice>), ApiError> {
     // The permit moves into the blocking task, so a client that hangs up mid-generation still holds the model
     // until its generation is finished, and the next request never runs beside it.
     let permit = s.busy.clone().acquire_owned().await.map_err(|e| ApiError::server(format!("server closing: {e}")))?;
     let st = s.clone();
-    let stop = opts.stop;
-    let (choices, completion_tokens) = blocking(move || {
+    blocking(move || {
         let _permit = permit;
-        let samples = generate(&st.model, &rows, &params, None, st.batch_size, 0, |_| {})
-            .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))?;
+        let model = &st.model;
+        let decode = |ids: &[u32]| {
+            model.tokenizer.decode(ids, true).map_err(|e| ApiError::server(format!("decoding the completion: {e:#}")))
+        };
+        let max_new = job.params.max_new_tokens;
+        let samples = generate_watched(
+            model,
+            &job.rows,
+            &job.params,
+            None,
+            st.batch_size,
+            0,
+            |_| {},
+            |_, smp| {
+                // Only a stop string needs the text; an undecodable prefix is reported below, from the whole sample.
+                job.stop.is_empty()
+                    || decode(&smp.tokens).map_or(true, |t| text_end(&t, smp, max_new, &job.stop).1.is_none())
+            },
+        )
+        .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))?;
         let mut choices = Vec::with_capacity(samples.len());
         let mut completion_tokens = 0;
-        for smp in samples {
-            let (choice, used) = finish_choice(&st.model, &smp.tokens, smp.stopped_at_eos, &stop)?;
-            completion_tokens += used;
-            choices.push(choice);
+        for smp in &samples {
+            let text = decode(&smp.tokens)?;
+            let (end, finish) = text_end(&text, smp, max_new, &job.stop);
+            completion_tokens += smp.tokens.len();
+            let finish_reason = finish.unwrap_or("length");
+            let text = if finish_reason == "stop" { text[..end].to_string() } else { text };
+            choices.push(Choice { text, finish_reason });
         }
-        Ok((choices, completion_tokens))
+        Ok((job.usage(completion_tokens), choices))
     })
-    .await?;
-    let usage = json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    });
-    Ok((usage, choices))
+    .await
 }
 
-/// The text of one sample, cut at the earliest stop string, and how many of its tokens were used.
-fn finish_choice(
-    model: &LanguageModel,
-    tokens: &[u32],
-    stopped_at_eos: bool,
-    stop: &[String],
-) -> Result<(Choice, usize), ApiError> {
-    let decode = |ids: &[u32]| {
-        model.tokenizer.decode(ids, true).map_err(|e| ApiError::server(format!("decoding the completion: {e:#}")))
-    };
-    let text = decode(tokens)?;
-    let cut = stop.iter().filter_map(|s| text.find(s.as_str())).min();
-    let Some(cut) = cut else {
-        let finish_reason = if stopped_at_eos { "stop" } else { "length" };
-        return Ok((Choice { text, finish_reason }, tokens.len()));
-    };
-    // Sampling cannot stop at a string, so it ran on; count only the tokens up to the one that completed the
-    // stop string: the shortest prefix whose text contains a stop string (prefix texts grow monotonically).
-    let (mut lo, mut hi) = (1, tokens.len());
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        let t = decode(&tokens[..mid])?;
-        if stop.iter().any(|s| t.contains(s.as_str())) {
-            hi = mid;
-        } else {
-            lo = mid + 1;
+/// Which endpoint a response belongs to: it decides the chunk's `object` and where the text goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Endpoint {
+    Completions,
+    Chat,
+}
+
+/// What every response or chunk of one request shares.
+struct ChunkHead {
+    endpoint: Endpoint,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+}
+
+impl ChunkHead {
+    fn new(endpoint: Endpoint, model: &str, include_usage: bool) -> Self {
+        let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
+        Self {
+            endpoint,
+            id: format!("{prefix}-{:032x}", rand::random::<u128>()),
+            created: unix_now(),
+            model: model.to_string(),
+            include_usage,
         }
     }
-    Ok((Choice { text: text[..cut].to_string(), finish_reason: "stop" }, hi))
+
+    /// One chunk of the stream: `choices` as given, and `usage: null` when the client asked for usage (OpenAI
+    /// sends it on every chunk then, filled in on the last).
+    fn chunk(&self, choices: Value, usage: Option<Value>) -> Event {
+        let object = if self.endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" };
+        let mut v =
+            json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices});
+        if self.include_usage {
+            v["usage"] = usage.unwrap_or(Value::Null);
+        }
+        Event::default().data(v.to_string())
+    }
+
+    /// A choice's new text, or its end.
+    fn choice(&self, index: usize, text: &str, finish: Option<&str>) -> Event {
+        let c = match self.endpoint {
+            Endpoint::Chat if finish.is_some() && text.is_empty() => {
+                json!({"index": index, "delta": {}, "logprobs": null, "finish_reason": finish})
+            }
+            Endpoint::Chat => {
+                json!({"index": index, "delta": {"content": text}, "logprobs": null, "finish_reason": finish})
+            }
+            Endpoint::Completions => json!({"index": index, "text": text, "logprobs": null, "finish_reason": finish}),
+        };
+        self.chunk(json!([c]), None)
+    }
+}
+
+/// Answers with server-sent events while the job is sampled on the blocking pool (see the module docs).
+/// Everything that can be refused has been by now; a failure mid-stream is sent as an `error` event.
+async fn stream_generation(s: &Arc<OpenAiState>, job: Job, head: ChunkHead) -> Result<Response, ApiError> {
+    let permit = s.busy.clone().acquire_owned().await.map_err(|e| ApiError::server(format!("server closing: {e}")))?;
+    let (tx, rx) = mpsc::unbounded_channel::<Event>();
+    let st = s.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream_rows(&st, &job, &head, &tx)));
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => ApiError::server("internal error while generating (a panic; see the server's log)"),
+        };
+        let body =
+            json!({"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}});
+        let _ = tx.send(Event::default().data(body.to_string()));
+    });
+    let events =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// Samples the job, sending each choice's text as it grows; then usage (if asked for) and `[DONE]`. A send
+/// that fails means the client is gone: every row is ended, so the model is free again soon.
+fn stream_rows(
+    st: &OpenAiState,
+    job: &Job,
+    head: &ChunkHead,
+    tx: &mpsc::UnboundedSender<Event>,
+) -> Result<(), ApiError> {
+    let model = &st.model;
+    let mut gone = false;
+    if head.endpoint == Endpoint::Chat {
+        for i in 0..job.rows.len() {
+            let role = json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]);
+            gone |= tx.send(head.chunk(role, None)).is_err();
+        }
+    }
+    let max_new = job.params.max_new_tokens;
+    let mut sent = vec![String::new(); job.rows.len()];
+    let mut completion_tokens = 0;
+    let mut failure = None;
+    generate_watched(
+        model,
+        &job.rows,
+        &job.params,
+        None,
+        st.batch_size,
+        0,
+        |_| {},
+        |i, smp| {
+            if gone || failure.is_some() {
+                return false;
+            }
+            let text = match model.tokenizer.decode(&smp.tokens, true) {
+                Ok(t) => t,
+                Err(e) => {
+                    failure = Some(ApiError::server(format!("decoding the completion: {e:#}")));
+                    return false;
+                }
+            };
+            let (end, finish) = text_end(&text, smp, max_new, &job.stop);
+            // Send only what extends the text already sent (a decoder could in principle rewrite earlier text;
+            // then the rest waits until it agrees again).
+            let new = text.get(..end).and_then(|t| t.strip_prefix(sent[i].as_str())).filter(|n| !n.is_empty());
+            if let Some(new) = new {
+                gone |= tx.send(head.choice(i, new, None)).is_err();
+                sent[i] = text[..end].to_string();
+            }
+            if let Some(f) = finish {
+                completion_tokens += smp.tokens.len();
+                gone |= tx.send(head.choice(i, "", Some(f))).is_err();
+            }
+            finish.is_none() && !gone
+        },
+    )
+    .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if head.include_usage {
+        let _ = tx.send(head.chunk(json!([]), Some(job.usage(completion_tokens))));
+    }
+    let _ = tx.send(Event::default().data("[DONE]"));
+    Ok(())
 }
 
 /// Runs `f` on the blocking pool; a panic in it becomes a 500 for this request instead of a dropped

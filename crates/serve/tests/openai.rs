@@ -301,7 +301,8 @@ fn bad_requests_get_openai_errors() {
         ("max_tokens", json!(-1)),
         ("seed", json!("x")),
         ("stop", json!(["a", "b", "c", "d", "e"])),
-        ("stream", json!(true)),
+        ("stream", json!("yes")),
+        ("stream_options", json!({"include_usage": true})),
         ("logprobs", json!(true)),
     ] {
         let mut body = json!({"model": MODEL_ID, "messages": user});
@@ -309,8 +310,11 @@ fn bad_requests_get_openai_errors() {
         let (s, b) = post(&base, chat, &body);
         assert_openai_error(s, &b, 400, Some(field));
     }
-    let (s, b) = post(&base, chat, &json!({"model": MODEL_ID, "messages": user, "stream": true}));
-    assert!(b["error"]["message"].as_str().unwrap().contains("streaming"), "{s} {b}");
+    let (s, b) = post(&base, chat, &json!({"model": MODEL_ID, "messages": user, "stream_options": {}}));
+    assert!(b["error"]["message"].as_str().unwrap().contains("only allowed with `stream: true`"), "{s} {b}");
+    // A streaming request is checked before the stream starts: its errors are plain JSON errors too.
+    let (s, b) = post(&base, chat, &json!({"model": MODEL_ID, "messages": user, "stream": true, "n": 0}));
+    assert_openai_error(s, &b, 400, Some("n"));
 
     // The server is still fine afterwards.
     let (s, b) = post(&base, chat, &json!({"model": MODEL_ID, "messages": user, "max_tokens": 2}));
@@ -361,4 +365,104 @@ fn concurrent_requests_are_all_answered() {
         assert_eq!(s, 200, "{b}");
         assert_eq!(b["choices"].as_array().unwrap().len(), 1);
     }
+}
+
+/// POSTs a streaming request; returns the content type and the `data:` payloads of the server-sent events.
+fn post_stream(base: &str, path: &str, body: &Value) -> (String, Vec<String>) {
+    let mut resp = agent().post(format!("{base}{path}")).send_json(body).unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let ctype = resp.headers().get("content-type").unwrap().to_str().unwrap().to_string();
+    let text = resp.body_mut().read_to_string().unwrap();
+    let data = text
+        .split("\n\n")
+        .flat_map(|event| event.lines().filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))))
+        .map(str::to_string)
+        .collect();
+    (ctype, data)
+}
+
+/// The text and finish reason of each choice, put together from the chunks of a stream.
+fn assemble(data: &[String], chat: bool) -> (Vec<(String, String)>, Option<Value>) {
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "the stream must end with [DONE]");
+    let mut choices: Vec<(String, String)> = vec![];
+    let mut usage = None;
+    let mut finished = vec![];
+    for d in &data[..data.len() - 1] {
+        let v: Value = serde_json::from_str(d).unwrap();
+        assert_eq!(v["object"], if chat { "chat.completion.chunk" } else { "text_completion" }, "{v}");
+        assert_eq!(v["model"], MODEL_ID);
+        if !v["usage"].is_null() {
+            usage = Some(v["usage"].clone());
+        }
+        for c in v["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            if choices.len() <= i {
+                choices.resize(i + 1, (String::new(), String::new()));
+                finished.resize(i + 1, false);
+            }
+            assert!(!finished[i], "a chunk for choice {i} after its finish_reason: {v}");
+            let piece = if chat { &c["delta"]["content"] } else { &c["text"] };
+            choices[i].0.push_str(piece.as_str().unwrap_or(""));
+            if let Some(f) = c["finish_reason"].as_str() {
+                choices[i].1 = f.to_string();
+                finished[i] = true;
+            }
+        }
+    }
+    assert!(finished.iter().all(|&f| f), "every choice ends with a finish_reason");
+    (choices, usage)
+}
+
+#[test]
+fn streamed_text_equals_the_text_without_streaming() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID));
+    // Chat, two choices: the role comes first, then the text in pieces, then the finish reason.
+    let messages = json!([{"role": "user", "content": "Tell me about the film."}]);
+    let body = json!({"model": MODEL_ID, "messages": messages, "max_tokens": 20, "seed": 11, "n": 2});
+    let (_, whole) = post(&base, "/v1/chat/completions", &body);
+    let mut streaming = body.clone();
+    streaming["stream"] = json!(true);
+    let (ctype, data) = post_stream(&base, "/v1/chat/completions", &streaming);
+    assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+    assert!(data.len() > 6, "the text should come in pieces: {data:?}");
+    let (choices, usage) = assemble(&data, true);
+    assert!(usage.is_none(), "usage only when asked for");
+    for (i, (text, finish)) in choices.iter().enumerate() {
+        assert_eq!(whole["choices"][i]["message"]["content"], text.as_str(), "choice {i}");
+        assert_eq!(whole["choices"][i]["finish_reason"], finish.as_str(), "choice {i}");
+    }
+    let ids: std::collections::HashSet<String> =
+        data[..data.len() - 1].iter().map(|d| serde_json::from_str::<Value>(d).unwrap()["id"].to_string()).collect();
+    assert_eq!(ids.len(), 1, "all chunks of one request share an id");
+
+    // Completions with stop strings and usage, over many seeds: the streamed text and the counted tokens equal
+    // the answer without streaming, whatever the stop string cuts.
+    let mut cut = 0;
+    for seed in 0..12u64 {
+        // A two-character stop string from the middle of the first choice's text: its first character must
+        // be held back until the second is known.
+        let plain = json!({"model": MODEL_ID, "prompt": "Once upon", "max_tokens": 24, "seed": seed, "n": 2});
+        let (_, v) = post(&base, "/v1/completions", &plain);
+        let chars: Vec<char> = v["choices"][0]["text"].as_str().unwrap().chars().collect();
+        let stop: String = chars.iter().skip(chars.len() / 2).take(2).collect();
+        let body = json!({"model": MODEL_ID, "prompt": "Once upon", "max_tokens": 24, "seed": seed, "n": 2,
+            "stop": ["\u{1F600}never", stop]});
+        let (_, whole) = post(&base, "/v1/completions", &body);
+        let mut streaming = body.clone();
+        streaming["stream"] = json!(true);
+        streaming["stream_options"] = json!({"include_usage": true});
+        let (_, data) = post_stream(&base, "/v1/completions", &streaming);
+        let (choices, usage) = assemble(&data, false);
+        for (i, (text, finish)) in choices.iter().enumerate() {
+            assert_eq!(whole["choices"][i]["text"], text.as_str(), "seed {seed} choice {i}");
+            assert_eq!(whole["choices"][i]["finish_reason"], finish.as_str(), "seed {seed} choice {i}");
+            cut += usize::from(finish == "stop");
+        }
+        assert_eq!(usage.as_ref(), Some(&whole["usage"]), "seed {seed}");
+        let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+        assert_eq!(last["choices"], json!([]), "the usage chunk has no choices");
+    }
+    assert!(cut > 0, "no choice was cut by a stop string: the test would prove nothing about holding text back");
 }
