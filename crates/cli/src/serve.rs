@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// Environment variable holding an API key that /v1 requests must send as `Authorization: Bearer`
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
+    /// With --openai: most /v1 requests that may wait while another generates (generations run one at a
+    /// time); more get a 429 with Retry-After, which OpenAI clients retry
+    #[arg(long, value_name = "N", default_value_t = ::serve::openai::DEFAULT_MAX_WAITING)]
+    pub max_waiting: usize,
 }
 
 #[derive(Subcommand)]
@@ -153,7 +157,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                 (model, a.model_id.clone().unwrap_or_else(|| format!("{name}-round{r}")))
             }
         };
-        let state = ::serve::openai::OpenAiState::new(model, model_id.clone()).with_api_key(key);
+        let state = ::serve::openai::OpenAiState::new(model, model_id.clone())
+            .with_api_key(key)
+            .with_max_waiting(a.max_waiting);
         app = app.merge(::serve::openai::router(Arc::new(state)));
         lines.push(format!("OpenAI-compatible API: http://{addr}/v1 (model {model_id:?})"));
     }

@@ -32,7 +32,9 @@
 //!   missing or wrong API key (401, only when the state has a key).
 //!
 //! Generation is CPU-bound, so it runs on tokio's blocking pool, one request at a time: two generations at once
-//! would only fight over the same cores and both finish later. A panic inside tokenization or generation
+//! would only fight over the same cores and both finish later. At most [`DEFAULT_MAX_WAITING`] requests wait
+//! their turn; more get a 429 `rate_limit_exceeded` with `Retry-After`, which OpenAI clients (and our judge)
+//! retry, rather than an ever longer queue whose clients time out while their work is still to be done. A panic inside tokenization or generation
 //! becomes a 500 for that request; the server keeps serving.
 
 use axum::body::Bytes;
@@ -49,9 +51,10 @@ use lm::sample::{generate_watched, Sample, SampleParams};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// `max_tokens` of `/v1/completions` when the request gives none (OpenAI's default).
 pub const DEFAULT_COMPLETION_MAX_TOKENS: usize = 16;
@@ -62,6 +65,8 @@ pub const DEFAULT_CHAT_MAX_TOKENS: usize = 256;
 pub const MAX_SEQUENCES: usize = 64;
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
+/// Most requests waiting for the model while another generates (see the module docs).
+pub const DEFAULT_MAX_WAITING: usize = 64;
 
 /// What the OpenAI router serves, shared by all requests.
 pub struct OpenAiState {
@@ -72,20 +77,67 @@ pub struct OpenAiState {
     pub api_key: Option<String>,
     /// Rows per forward pass when a request asks for several sequences.
     pub batch_size: usize,
+    /// Most requests that may wait for the model; one more gets a 429.
+    pub max_waiting: usize,
     /// One permit: generations run one at a time (see the module docs).
     busy: Arc<Semaphore>,
+    /// Requests waiting for the permit now.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl OpenAiState {
     /// Serves `model` under the name `model_id`, without an API key, 8 sequences per batch.
     pub fn new(model: LanguageModel, model_id: impl Into<String>) -> Self {
-        Self { model, model_id: model_id.into(), api_key: None, batch_size: 8, busy: Arc::new(Semaphore::new(1)) }
+        Self {
+            model,
+            model_id: model_id.into(),
+            api_key: None,
+            batch_size: 8,
+            max_waiting: DEFAULT_MAX_WAITING,
+            busy: Arc::new(Semaphore::new(1)),
+            waiting: Arc::default(),
+        }
     }
 
     /// Requires `Authorization: Bearer <key>` on every request when `key` is `Some`.
     pub fn with_api_key(mut self, key: Option<String>) -> Self {
         self.api_key = key;
         self
+    }
+
+    /// Sets how many requests may wait for the model (0 = none: a request that finds it busy gets a 429).
+    pub fn with_max_waiting(mut self, max_waiting: usize) -> Self {
+        self.max_waiting = max_waiting;
+        self
+    }
+
+    /// Waits for the model, or refuses at once when `max_waiting` requests already wait. The permit is the
+    /// right to generate; it is released when dropped.
+    async fn take_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        if let Ok(p) = self.busy.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        // Counted on the way in and, through the guard, on every way out (including a client that hangs up).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _guard = Waiting(&self.waiting);
+        if ahead >= self.max_waiting {
+            return Err(ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                kind: "requests",
+                code: Some("rate_limit_exceeded"),
+                ..ApiError::invalid(
+                    format!("the model is busy and {ahead} requests are already waiting for it; retry shortly"),
+                    None,
+                )
+            });
+        }
+        self.busy.clone().acquire_owned().await.map_err(|e| ApiError::server(format!("server closing: {e}")))
     }
 
     /// Sets how many sequences share one forward pass (at least 1).
@@ -155,6 +207,9 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }
@@ -199,26 +254,7 @@ async fn completions(
     }
     let st = s.clone();
     let ids = blocking(move || prompts.into_iter().map(|p| tokenize_prompt(&st.model, p)).collect()).await?;
-    let job = Job::new(&s, ids, &opts, "prompt")?;
-    let head = ChunkHead::new(Endpoint::Completions, &s.model_id, opts.include_usage);
-    if opts.stream {
-        return stream_generation(&s, job, head).await;
-    }
-    let (usage, choices) = run_generation(&s, job).await?;
-    let choices: Vec<Value> = choices
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| json!({"index": i, "text": c.text, "logprobs": null, "finish_reason": c.finish_reason}))
-        .collect();
-    Ok(Json(json!({
-        "id": head.id,
-        "object": "text_completion",
-        "created": head.created,
-        "model": s.model_id,
-        "choices": choices,
-        "usage": usage,
-    }))
-    .into_response())
+    answer(&s, ids, &opts, "prompt", Endpoint::Completions).await
 }
 
 async fn chat_completions(
@@ -248,33 +284,43 @@ async fn chat_completions(
         Ok(vec![ids])
     })
     .await?;
-    let job = Job::new(&s, ids, &opts, "messages")?;
-    let head = ChunkHead::new(Endpoint::Chat, &s.model_id, opts.include_usage);
+    answer(&s, ids, &opts, "messages", Endpoint::Chat).await
+}
+
+/// Samples the tokenized prompts and answers as the endpoint does: one JSON body, or a stream of chunks.
+async fn answer(
+    s: &Arc<OpenAiState>,
+    prompts: Vec<Vec<u32>>,
+    opts: &SamplingRequest,
+    prompt_param: &'static str,
+    endpoint: Endpoint,
+) -> Result<Response, ApiError> {
+    let job = Job::new(s, prompts, opts, prompt_param)?;
+    let head = ChunkHead::new(endpoint, &s.model_id, opts.include_usage);
     if opts.stream {
-        return stream_generation(&s, job, head).await;
+        return stream_generation(s, job, head).await;
     }
-    let (usage, choices) = run_generation(&s, job).await?;
+    let (usage, choices) = run_generation(s, job).await?;
     let choices: Vec<Value> = choices
         .into_iter()
         .enumerate()
-        .map(|(i, c)| {
-            json!({
+        .map(|(i, c)| match endpoint {
+            Endpoint::Completions => {
+                json!({"index": i, "text": c.text, "logprobs": null, "finish_reason": c.finish_reason})
+            }
+            Endpoint::Chat => json!({
                 "index": i,
                 "message": {"role": "assistant", "content": c.text},
                 "logprobs": null,
                 "finish_reason": c.finish_reason,
-            })
+            }),
         })
         .collect();
-    Ok(Json(json!({
-        "id": head.id,
-        "object": "chat.completion",
-        "created": head.created,
-        "model": s.model_id,
-        "choices": choices,
-        "usage": usage,
-    }))
-    .into_response())
+    let object = if endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" };
+    let body = json!({
+        "id": head.id, "object": object, "created": head.created, "model": s.model_id, "choices": choices, "usage": usage,
+    });
+    Ok(Json(body).into_response())
 }
 
 /// The request body as a JSON object; axum's plain-text rejections (too large, unreadable) become OpenAI errors.
@@ -666,6 +712,12 @@ impl Job {
         Ok(Self { rows, params, stop: opts.stop.clone(), prompt_tokens })
     }
 
+    /// Samples every row, calling `on_token` as [`generate_watched`] does (return `false` to end a row).
+    fn sample(&self, st: &OpenAiState, on_token: impl FnMut(usize, &Sample) -> bool) -> Result<Vec<Sample>, ApiError> {
+        generate_watched(&st.model, &self.rows, &self.params, None, st.batch_size, 0, |_| {}, on_token)
+            .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))
+    }
+
     fn usage(&self, completion_tokens: usize) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
@@ -706,7 +758,7 @@ fn text_end(text: &str, sample: &Sample, max_new: usize, stop: &[String]) -> (us
 async fn run_generation(s: &Arc<OpenAiState>, job: Job) -> Result<(Value, Vec<Choice>), ApiError> {
     // The permit moves into the blocking task, so a client that hangs up mid-generation still holds the model
     // until its generation is finished, and the next request never runs beside it.
-    let permit = s.busy.clone().acquire_owned().await.map_err(|e| ApiError::server(format!("server closing: {e}")))?;
+    let permit = s.take_turn().await?;
     let st = s.clone();
     blocking(move || {
         let _permit = permit;
@@ -715,21 +767,11 @@ async fn run_generation(s: &Arc<OpenAiState>, job: Job) -> Result<(Value, Vec<Ch
             model.tokenizer.decode(ids, true).map_err(|e| ApiError::server(format!("decoding the completion: {e:#}")))
         };
         let max_new = job.params.max_new_tokens;
-        let samples = generate_watched(
-            model,
-            &job.rows,
-            &job.params,
-            None,
-            st.batch_size,
-            0,
-            |_| {},
-            |_, smp| {
-                // Only a stop string needs the text; an undecodable prefix is reported below, from the whole sample.
-                job.stop.is_empty()
-                    || decode(&smp.tokens).map_or(true, |t| text_end(&t, smp, max_new, &job.stop).1.is_none())
-            },
-        )
-        .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))?;
+        let samples = job.sample(&st, |_, smp| {
+            // Only a stop string needs the text; an undecodable prefix is reported below, from the whole sample.
+            job.stop.is_empty()
+                || decode(&smp.tokens).map_or(true, |t| text_end(&t, smp, max_new, &job.stop).1.is_none())
+        })?;
         let mut choices = Vec::with_capacity(samples.len());
         let mut completion_tokens = 0;
         for smp in &samples {
@@ -803,7 +845,7 @@ impl ChunkHead {
 /// Answers with server-sent events while the job is sampled on the blocking pool (see the module docs).
 /// Everything that can be refused has been by now; a failure mid-stream is sent as an `error` event.
 async fn stream_generation(s: &Arc<OpenAiState>, job: Job, head: ChunkHead) -> Result<Response, ApiError> {
-    let permit = s.busy.clone().acquire_owned().await.map_err(|e| ApiError::server(format!("server closing: {e}")))?;
+    let permit = s.take_turn().await?;
     let (tx, rx) = mpsc::unbounded_channel::<Event>();
     let st = s.clone();
     tokio::task::spawn_blocking(move || {
@@ -843,41 +885,31 @@ fn stream_rows(
     let mut sent = vec![String::new(); job.rows.len()];
     let mut completion_tokens = 0;
     let mut failure = None;
-    generate_watched(
-        model,
-        &job.rows,
-        &job.params,
-        None,
-        st.batch_size,
-        0,
-        |_| {},
-        |i, smp| {
-            if gone || failure.is_some() {
+    job.sample(st, |i, smp| {
+        if gone || failure.is_some() {
+            return false;
+        }
+        let text = match model.tokenizer.decode(&smp.tokens, true) {
+            Ok(t) => t,
+            Err(e) => {
+                failure = Some(ApiError::server(format!("decoding the completion: {e:#}")));
                 return false;
             }
-            let text = match model.tokenizer.decode(&smp.tokens, true) {
-                Ok(t) => t,
-                Err(e) => {
-                    failure = Some(ApiError::server(format!("decoding the completion: {e:#}")));
-                    return false;
-                }
-            };
-            let (end, finish) = text_end(&text, smp, max_new, &job.stop);
-            // Send only what extends the text already sent (a decoder could in principle rewrite earlier text;
-            // then the rest waits until it agrees again).
-            let new = text.get(..end).and_then(|t| t.strip_prefix(sent[i].as_str())).filter(|n| !n.is_empty());
-            if let Some(new) = new {
-                gone |= tx.send(head.choice(i, new, None)).is_err();
-                sent[i] = text[..end].to_string();
-            }
-            if let Some(f) = finish {
-                completion_tokens += smp.tokens.len();
-                gone |= tx.send(head.choice(i, "", Some(f))).is_err();
-            }
-            finish.is_none() && !gone
-        },
-    )
-    .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))?;
+        };
+        let (end, finish) = text_end(&text, smp, max_new, &job.stop);
+        // Send only what extends the text already sent (a decoder could in principle rewrite earlier text;
+        // then the rest waits until it agrees again).
+        let new = text.get(..end).and_then(|t| t.strip_prefix(sent[i].as_str())).filter(|n| !n.is_empty());
+        if let Some(new) = new {
+            gone |= tx.send(head.choice(i, new, None)).is_err();
+            sent[i] = text[..end].to_string();
+        }
+        if let Some(f) = finish {
+            completion_tokens += smp.tokens.len();
+            gone |= tx.send(head.choice(i, "", Some(f))).is_err();
+        }
+        finish.is_none() && !gone
+    })?;
     if let Some(e) = failure {
         return Err(e);
     }

@@ -466,3 +466,36 @@ fn streamed_text_equals_the_text_without_streaming() {
     }
     assert!(cut > 0, "no choice was cut by a stop string: the test would prove nothing about holding text back");
 }
+
+#[test]
+fn requests_beyond_the_waiting_limit_get_a_429_to_retry() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID).with_max_waiting(1));
+    let clients = 12;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(clients));
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            let (base, barrier) = (base.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let body = json!({"model": MODEL_ID, "prompt": "A long story:", "max_tokens": 100, "n": 16, "seed": i});
+                barrier.wait();
+                let mut resp = agent().post(format!("{base}/v1/completions")).send_json(&body).unwrap();
+                let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                (resp.status().as_u16(), retry_after, resp.body_mut().read_json::<Value>().unwrap())
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Option<String>, Value)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let refused: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert_eq!(ok + refused.len(), clients, "{results:?}");
+    // One generating and one waiting at any time: 12 requests at once cannot all get in.
+    assert!(ok >= 2 && !refused.is_empty(), "{ok} answered, {} refused", refused.len());
+    for (status, retry_after, body) in refused {
+        assert_openai_error(*status, body, 429, None);
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+    }
+    // Nobody is left counted as waiting: the next request gets in.
+    let (status, v) = post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2}));
+    assert_eq!(status, 200, "{v}");
+}
