@@ -82,6 +82,12 @@ fn open<'a>(c: &ActiveConfig, dir: &Path, o: OracleHandle, ev: &'a mut dyn FnMut
     run
 }
 
+/// Runs the tiny job in `dir` to the end, counting questions in `asked`, with no events.
+fn run_to_end(dir: &Path, asked: &Arc<AtomicUsize>) {
+    let mut ev = |_e: Event| {};
+    open(&cfg(), dir, oracle(asked, None), &mut ev).run().unwrap();
+}
+
 /// Everything a run decided, to compare two runs: labels and evaluation outcomes.
 fn fingerprint(dir: &Path) -> (String, Vec<(usize, f64)>) {
     let labels = std::fs::read_to_string(dir.join("labels.jsonl")).unwrap();
@@ -140,8 +146,7 @@ fn a_run_completes_and_writes_its_outputs() {
 fn stopping_anywhere_and_resuming_gives_the_same_labels() {
     let whole = tempfile::tempdir().unwrap();
     let asked = Arc::new(AtomicUsize::new(0));
-    let mut ev = |_e: Event| {};
-    open(&cfg(), whole.path(), oracle(&asked, None), &mut ev).run().unwrap();
+    run_to_end(whole.path(), &asked);
     let total_asked = asked.load(Ordering::SeqCst);
     let want = fingerprint(whole.path());
 
@@ -164,8 +169,7 @@ fn stopping_anywhere_and_resuming_gives_the_same_labels() {
         }
     }
     assert!(stops >= 3);
-    let mut ev = |_e: Event| {};
-    open(&cfg(), dir.path(), oracle(&asked2, None), &mut ev).run().unwrap();
+    run_to_end(dir.path(), &asked2);
     assert_eq!(fingerprint(dir.path()), want, "the resumed run ended with other labels or outcomes");
     // No question answered twice: the resumed run asked exactly as many as the uninterrupted one.
     assert_eq!(asked2.load(Ordering::SeqCst), total_asked);
@@ -175,8 +179,7 @@ fn stopping_anywhere_and_resuming_gives_the_same_labels() {
 fn a_run_interrupted_mid_training_resumes_from_its_checkpoint() {
     let whole = tempfile::tempdir().unwrap();
     let asked = Arc::new(AtomicUsize::new(0));
-    let mut ev = |_e: Event| {};
-    open(&cfg(), whole.path(), oracle(&asked, None), &mut ev).run().unwrap();
+    run_to_end(whole.path(), &asked);
     let want = fingerprint(whole.path());
     let policy_a =
         candle_core::safetensors::load(whole.path().join("round-2/policy.safetensors"), &candle_core::Device::Cpu)
@@ -184,8 +187,7 @@ fn a_run_interrupted_mid_training_resumes_from_its_checkpoint() {
 
     // Same run, but delete round 2's policy and its last checkpoints, as if killed mid-training.
     let dir = tempfile::tempdir().unwrap();
-    let mut ev = |_e: Event| {};
-    open(&cfg(), dir.path(), oracle(&asked, None), &mut ev).run().unwrap();
+    run_to_end(dir.path(), &asked);
     let train = dir.path().join("round-2/train");
     let mut ckpts: Vec<_> = std::fs::read_dir(&train)
         .unwrap()
@@ -203,8 +205,7 @@ fn a_run_interrupted_mid_training_resumes_from_its_checkpoint() {
     s.execute("DELETE FROM eval_samples WHERE round = 2", []).unwrap();
     s.execute("DELETE FROM rounds WHERE round = 2", []).unwrap();
     drop(s);
-    let mut ev = |_e: Event| {};
-    open(&cfg(), dir.path(), oracle(&asked, None), &mut ev).run().unwrap();
+    run_to_end(dir.path(), &asked);
     let policy_b =
         candle_core::safetensors::load(dir.path().join("round-2/policy.safetensors"), &candle_core::Device::Cpu)
             .unwrap();

@@ -4,13 +4,9 @@
 use candle_core::DType;
 use lm::testing::tiny_model;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_activepref"));
-    c.env("ACTIVEPREF_ASSETS", "/nonexistent-assets");
-    c
-}
+mod common;
+use common::{bin, tiny_loop_config};
 
 /// `n` TRL rows: the chosen completion is full of `e`, the rejected one of `z`, around varied words.
 fn write_pairs(path: &Path, n: usize) {
@@ -30,56 +26,10 @@ fn write_pairs(path: &Path, n: usize) {
     std::fs::write(path, s).unwrap();
 }
 
-/// The tiny loop config of `tests/run.rs`, with the reward model as the oracle and one round of 4 labels.
+/// The tiny loop job with the reward model as the oracle (and evaluation judge), one round of 4 labels.
 fn reward_config(tmp: &Path, model: &Path, reward_dir: &Path) -> PathBuf {
-    let prompts = tmp.join("prompts.txt");
-    let lines: Vec<String> =
-        (0..200).map(|i| format!("review {i}: the film was seen by everyone here, and then we")).collect();
-    std::fs::write(&prompts, lines.join("\n")).unwrap();
-    let cfg = tmp.join("tiny-reward.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"seed = 3
-model = "{model}"
-[prompts]
-source = "{prompts}"
-min_tokens = 4
-max_tokens = 8
-min_source_tokens = 10
-[generation]
-min_new_tokens = 4
-max_new_tokens = 8
-batch_size = 8
-[acquisition]
-strategy = "hybrid"
-over_generate_factor = 2
-over_sample_prompts_factor = 2
-entropy_samples = 2
-[rounds]
-labels_per_round = 4
-rounds = 1
-[oracle]
-kind = "reward"
-reward_model = "{reward}"
-[eval]
-prompts = 8
-[train]
-epochs = 2
-batch_size = 2
-save_steps = 1
-learning_rate = 0.01
-[train.lora]
-r = 2
-alpha = 4
-"#,
-            model = model.display(),
-            prompts = prompts.display(),
-            reward = reward_dir.display(),
-        ),
-    )
-    .unwrap();
-    cfg
+    let oracle = format!("[oracle]\nkind = \"reward\"\nreward_model = \"{}\"", reward_dir.display());
+    tiny_loop_config(tmp, "tiny-reward", model, 1, &oracle)
 }
 
 #[test]

@@ -10,15 +10,12 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_activepref"));
-    c.env("ACTIVEPREF_ASSETS", "/nonexistent-assets");
-    c
-}
+mod common;
+use common::{bin, tiny_loop_config};
 
 /// Which review the test judge prefers: the one with more letters `e`; a content hash decides a few
 /// non-answers, so dropping and re-acquiring happen too.
@@ -100,34 +97,8 @@ const JUDGE_CONCURRENCY: usize = 3;
 fn setup(tmp: &Path, judge_url: &str) -> PathBuf {
     let model = tmp.join("model");
     tiny_model("llama", 1, DType::F32).unwrap().save(&model).unwrap();
-    let prompts = tmp.join("prompts.txt");
-    let lines: Vec<String> =
-        (0..200).map(|i| format!("review {i}: the film was seen by everyone here, and then we")).collect();
-    std::fs::write(&prompts, lines.join("\n")).unwrap();
-    let cfg = tmp.join("tiny.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"seed = 3
-model = "{model}"
-[prompts]
-source = "{prompts}"
-min_tokens = 4
-max_tokens = 8
-min_source_tokens = 10
-[generation]
-min_new_tokens = 4
-max_new_tokens = 8
-batch_size = 8
-[acquisition]
-strategy = "hybrid"
-over_generate_factor = 2
-over_sample_prompts_factor = 2
-entropy_samples = 2
-[rounds]
-labels_per_round = 4
-rounds = 2
-[oracle]
+    let oracle = format!(
+        r#"[oracle]
 kind = "judge"
 [oracle.judge]
 base_url = "{judge_url}"
@@ -136,25 +107,9 @@ api_key_env = "ACTIVEPREF_TEST_UNSET_KEY"
 retries = 2
 backoff_s = 0.01
 timeout_s = 5
-concurrency = {CONCURRENCY}
-[eval]
-prompts = 8
-[train]
-epochs = 2
-batch_size = 2
-save_steps = 1
-learning_rate = 0.01
-[train.lora]
-r = 2
-alpha = 4
-"#,
-            model = model.display(),
-            prompts = prompts.display(),
-            CONCURRENCY = JUDGE_CONCURRENCY,
-        ),
-    )
-    .unwrap();
-    cfg
+concurrency = {JUDGE_CONCURRENCY}"#
+    );
+    tiny_loop_config(tmp, "tiny", &model, 2, &oracle)
 }
 
 fn run_to_end(cfg: &Path, dir: &Path) -> String {
