@@ -94,6 +94,8 @@ enum BenchWhat {
     Lm(bench::LmBenchArgs),
     /// DPO training throughput and peak memory: full vs LoRA, with and without the reference cache.
     Dpo(bench::DpoBenchArgs),
+    /// LLM-judge answers per second with several requests in flight, against one at a time.
+    Judge(bench::JudgeBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -470,6 +472,7 @@ fn main() {
         })(),
         Command::Bench { what: BenchWhat::Lm(a) } => bench::lm(a),
         Command::Bench { what: BenchWhat::Dpo(a) } => bench::dpo(a),
+        Command::Bench { what: BenchWhat::Judge(a) } => bench::judge(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -27,8 +27,8 @@ pub struct ServeArgs {
     /// writes still need an annotator token). Put it behind TLS.
     #[arg(long)]
     pub public: bool,
-    /// Share of queries (0–1) also shown to a second annotator; their agreement (Cohen's kappa) is on the
-    /// dashboard. The first answer is the label either way.
+    /// Share of queries (0–1) also shown to a second annotator; their agreement (Cohen's kappa, Krippendorff's
+    /// alpha) is on the dashboard. The first answer is the label either way.
     #[arg(long, default_value_t = 0.0)]
     pub overlap: f64,
     /// Plain-text guidelines for the labeling page (blank lines separate paragraphs)
@@ -218,9 +218,10 @@ pub fn annotators(action: AnnotatorsAction) -> Result<()> {
                 );
             }
             if agreement.pairs > 0 {
-                let k = agreement.kappa.map(|k| format!("{k:.3}")).unwrap_or_else(|| "undefined".into());
+                let show = |x: Option<f64>| x.map(|k| format!("{k:.3}")).unwrap_or_else(|| "undefined".into());
+                let (k, a) = (show(agreement.kappa), show(agreement.alpha));
                 println!(
-                    "agreement on {} queries answered twice: {:.1}% raw, Cohen's kappa {k}",
+                    "agreement on {} queries answered twice: {:.1}% raw, Cohen's kappa {k}, Krippendorff's alpha {a}",
                     agreement.pairs,
                     100.0 * agreement.raw.unwrap_or(0.0)
                 );

@@ -15,8 +15,8 @@
 //!   annotator a lease on the query it shows ([`LEASE`]); other annotators get other queries meanwhile.
 //! - **Agreement**: a share (`overlap`) of the queries, chosen by a keyed hash of the query id, is also shown to
 //!   a second annotator. Rule: the *first* answer becomes the label at once (the loop never waits for a second
-//!   opinion); the second goes only to `annotations` and into Cohen's kappa. Undoing the first answer hands the
-//!   label to the second, if there is one.
+//!   opinion); the second goes only to `annotations` and into Cohen's kappa and Krippendorff's alpha. Undoing
+//!   the first answer hands the label to the second, if there is one.
 //! - **Ties** are labels with no preference (`preferred` NULL, raw "tie"): the loop drops and re-acquires them as
 //!   it does a judge's non-answer. **Skips** write no label: the query stays pending, comes back to the person
 //!   who skipped it only after everything else, and is counted in their statistics.
@@ -36,7 +36,7 @@ mod stats;
 
 /// Re-exported so that callers can merge routers (e.g. the OpenAI-compatible one) without naming axum.
 pub use axum::Router;
-pub use stats::{cohen_kappa, median, Agreement};
+pub use stats::{cohen_kappa, krippendorff_alpha_nominal, median, Agreement};
 
 use anyhow::{bail, Context as _, Result};
 use apl::store::{Annotator, OpenQuery, Query, Refusal, RoundProgress, Store};

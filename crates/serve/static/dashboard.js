@@ -101,7 +101,7 @@ function render(s) {
   const ag = s.agreement;
   $('s-kappa').textContent = ag.kappa == null ? '–' : ag.kappa.toFixed(2);
   $('s-kappa-sub').textContent = ag.pairs
-    ? `${ag.pairs} pairs answered twice · ${pct(ag.raw)} raw agreement`
+    ? `${ag.pairs} pairs answered twice · ${pct(ag.raw)} raw · Krippendorff's α ${ag.alpha == null ? '–' : ag.alpha.toFixed(2)}`
     : `no pair answered twice yet (overlap ${Math.round(100 * s.overlap)}%)`;
 
   drawChart(s.rounds);

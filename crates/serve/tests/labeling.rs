@@ -1,7 +1,7 @@
 //! The labeling app over real HTTP on 127.0.0.1, against a real run store: authentication and cross-site
 //! refusals write nothing; next / label / skip / tie / undo do what the loop needs (checked in the SQLite rows
 //! and through the `Store` API the loop reads); the A/B swap is undone on save; 20 concurrent clients lose
-//! and duplicate nothing; malformed bodies get 4xx; agreement (Cohen's kappa) on overlapping queries; and a
+//! and duplicate nothing; malformed bodies get 4xx; agreement (Cohen's kappa, Krippendorff's alpha) on overlapping queries; and a
 //! headless Chromium labels five pairs with the keyboard (`tests/browser/label.mjs`).
 
 use apl::store::{Candidate, Store};
@@ -539,6 +539,9 @@ fn overlap_gives_second_opinions_and_cohens_kappa() {
     let ag = &st["agreement"];
     assert_eq!((ag["pairs"].as_u64(), ag["agreed"].as_u64()), (Some(6), Some(4)), "{ag}");
     assert!((ag["kappa"].as_f64().unwrap() - 5.0 / 11.0).abs() < 1e-9, "{ag}");
+    // Krippendorff's alpha over the 12 answers: totals A 6, B 4, tie 2; off-diagonal coincidences 4 (A–B, B–A
+    // each counted both ways); α = 1 − 11 · 4 / (12² − 6² − 4² − 2²) = 1 − 44/88 = 0.5.
+    assert!((ag["alpha"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{ag}");
     let pairs: Vec<_> = plan_a.into_iter().zip(plan_b).collect();
     assert!((labeling::cohen_kappa(&pairs).kappa.unwrap() - 5.0 / 11.0).abs() < 1e-12);
 

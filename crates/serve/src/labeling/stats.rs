@@ -5,6 +5,9 @@
 //! of the time by chance), and kappa removes that chance agreement. With many annotators each pair is
 //! (first answer, second answer) in the order they came in, so "rater 1" is whoever answered first; that
 //! is the usual pooled reading of Cohen's kappa when the raters rotate.
+//!
+//! Krippendorff's alpha (nominal) is reported beside it: it does not care who answered first, and it is the
+//! figure annotation tools commonly report, so numbers can be compared with theirs.
 
 use serde::Serialize;
 
@@ -21,6 +24,8 @@ pub struct Agreement {
     /// Cohen's kappa, (p_o − p_e) / (1 − p_e); `None` with no pairs, or when chance agreement is already 1
     /// (every answer in one category), where it is undefined.
     pub kappa: Option<f64>,
+    /// Krippendorff's alpha for nominal data over the same queries ([`krippendorff_alpha_nominal`]).
+    pub alpha: Option<f64>,
 }
 
 fn category(x: Option<usize>) -> usize {
@@ -36,7 +41,7 @@ pub fn cohen_kappa(pairs: &[(Option<usize>, Option<usize>)]) -> Agreement {
     let n = pairs.len();
     let agreed = pairs.iter().filter(|(a, b)| category(*a) == category(*b)).count();
     if n == 0 {
-        return Agreement { pairs: 0, agreed: 0, raw: None, kappa: None };
+        return Agreement { pairs: 0, agreed: 0, raw: None, kappa: None, alpha: None };
     }
     let (mut first, mut second) = ([0usize; 3], [0usize; 3]);
     for (a, b) in pairs {
@@ -47,7 +52,36 @@ pub fn cohen_kappa(pairs: &[(Option<usize>, Option<usize>)]) -> Agreement {
     let po = agreed as f64 / nf;
     let pe: f64 = (0..3).map(|k| (first[k] as f64 / nf) * (second[k] as f64 / nf)).sum();
     let kappa = (1.0 - pe > 1e-12).then(|| (po - pe) / (1.0 - pe));
-    Agreement { pairs: n, agreed, raw: Some(po), kappa }
+    let units: Vec<Vec<usize>> = pairs.iter().map(|(a, b)| vec![category(*a), category(*b)]).collect();
+    Agreement { pairs: n, agreed, raw: Some(po), kappa, alpha: krippendorff_alpha_nominal(&units) }
+}
+
+/// Krippendorff's alpha for nominal categories (Krippendorff 2011, "Computing Krippendorff's
+/// Alpha-Reliability"): `units[u]` holds the categories the raters of unit `u` gave; units with fewer than two
+/// values are not pairable and are left out. With the coincidence matrix o_ck = Σ_u (pairs of values c, k in
+/// u) / (m_u − 1), category totals n_c and n = Σ n_c,
+/// α = 1 − (n − 1) · Σ_{c≠k} o_ck / Σ_{c≠k} n_c·n_k.
+/// `None` with fewer than two pairable values, or when every value is in one category (no disagreement is
+/// expected, so alpha is undefined).
+pub fn krippendorff_alpha_nominal(units: &[Vec<usize>]) -> Option<f64> {
+    let k = units.iter().flatten().max().map_or(0, |&c| c + 1);
+    let mut o = vec![vec![0.0f64; k]; k];
+    for u in units.iter().filter(|u| u.len() >= 2) {
+        let w = 1.0 / (u.len() - 1) as f64;
+        for (i, &a) in u.iter().enumerate() {
+            for (j, &b) in u.iter().enumerate() {
+                if i != j {
+                    o[a][b] += w;
+                }
+            }
+        }
+    }
+    let totals: Vec<f64> = o.iter().map(|row| row.iter().sum()).collect();
+    let n: f64 = totals.iter().sum();
+    let observed: f64 =
+        (0..k).flat_map(|c| (0..k).filter(move |&d| d != c).map(move |d| (c, d))).map(|(c, d)| o[c][d]).sum();
+    let expected = n * n - totals.iter().map(|t| t * t).sum::<f64>();
+    (n >= 2.0 && expected > 1e-12).then(|| 1.0 - (n - 1.0) * observed / expected)
 }
 
 /// Median of `xs` (sorted in place); `None` when empty.
@@ -79,6 +113,30 @@ mod tests {
         assert!((k.raw.unwrap() - 0.7).abs() < 1e-12);
         assert!((k.kappa.unwrap() - 0.31 / 0.61).abs() < 1e-12, "{k:?}");
         assert!((k.kappa.unwrap() - 0.508_196_721_3).abs() < 1e-9);
+        // Alpha over the same 20 answers: totals A 10, B 7, T 3; the coincidences off the diagonal are A–B
+        // twice each way and T–B once each way, 6 in all; α = 1 − 19 · 6 / (20² − 10² − 7² − 3²) = 128/242
+        // (the `krippendorff` Python package gives 0.5289256198347108 too).
+        assert!((k.alpha.unwrap() - 128.0 / 242.0).abs() < 1e-12, "{k:?}");
+    }
+
+    #[test]
+    fn alpha_matches_krippendorffs_worked_example() {
+        // Krippendorff (2011), §A: 4 observers, 12 units, values 1–5, missing values; nominal α = 0.743
+        // (the `krippendorff` Python package: 0.743421052631579).
+        let rows: [[u8; 12]; 4] = [
+            [1, 2, 3, 3, 2, 1, 4, 1, 2, 0, 0, 0],
+            [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, 0, 3],
+            [0, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, 0],
+            [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, 0],
+        ];
+        let units: Vec<Vec<usize>> =
+            (0..12).map(|u| rows.iter().map(|r| r[u] as usize).filter(|&v| v > 0).collect()).collect();
+        let a = krippendorff_alpha_nominal(&units).unwrap();
+        assert!((a - 0.743_421_052_631_579).abs() < 1e-12, "{a}");
+        // Undefined without pairable values or without any variation.
+        assert_eq!(krippendorff_alpha_nominal(&[vec![1], vec![2]]), None);
+        assert_eq!(krippendorff_alpha_nominal(&[vec![1, 1], vec![1, 1, 1]]), None);
+        assert_eq!(krippendorff_alpha_nominal(&[]), None);
     }
 
     #[test]
