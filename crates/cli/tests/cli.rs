@@ -55,11 +55,26 @@ fn every_command_has_help() {
         vec!["score", "--help"],
         vec!["tokenize", "--help"],
         vec!["bench", "lm", "--help"],
+        vec!["bench", "judge", "--help"],
     ] {
         let o = run(&args);
         assert!(o.status.success(), "{args:?}");
         assert!(text(&o).0.contains("Usage:"), "{args:?}");
     }
+}
+
+#[test]
+fn bench_judge_prints_each_setting_against_one_at_a_time() {
+    let o = run(&["bench", "judge", "--pairs", "6", "--latency-s", "0.02", "--concurrency", "3"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let rows: Vec<Vec<&str>> = out.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!((rows[0][0], rows[0][3]), ("1", "1.00×"), "the baseline row: {out}");
+    assert_eq!(rows[1][0], "3", "{out}");
+    let o = run(&["bench", "judge", "--concurrency", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("--concurrency \"0\""), "{}", text(&o).1);
 }
 
 #[test]
