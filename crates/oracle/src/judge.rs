@@ -114,6 +114,15 @@ pub enum JudgeTask {
     Custom,
 }
 
+/// Which request field carries the reply-length cap (see [`JudgeConfig::max_tokens_param`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensParam {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
 /// Settings of the LLM judge, e.g. the `[judge]` table of a run config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -137,7 +146,13 @@ pub struct JudgeConfig {
     /// Sampling temperature; the paper used 0.05 (near-deterministic, but not greedy). Default `0.05`.
     pub temperature: f64,
     /// Cap on the reply length in tokens; a one-sentence comparison and the verdict fit easily. Default `128`.
+    /// Reasoning models (OpenAI's o-series and later) spend hidden reasoning tokens from this cap too: give
+    /// them a few thousand.
     pub max_tokens: u32,
+    /// The request field that carries `max_tokens`: `max_tokens` (every OpenAI-compatible server) or
+    /// `max_completion_tokens` (what OpenAI's reasoning models require; they also accept only temperature 1).
+    /// Default `max_tokens`.
+    pub max_tokens_param: MaxTokensParam,
     /// Time limit for one request, connect to last byte, in seconds (fractions allowed). Default `60`.
     pub timeout_s: f64,
     /// How many times a failed request (connection error, timeout, 429, 408/409, 5xx) is retried before the
@@ -176,6 +191,7 @@ impl Default for JudgeConfig {
             user_template: None,
             temperature: 0.05,
             max_tokens: 128,
+            max_tokens_param: MaxTokensParam::MaxTokens,
             timeout_s: 60.0,
             retries: 5,
             backoff_s: 1.0,
@@ -444,15 +460,19 @@ impl Judge {
     /// server's `usage` object.
     fn ask(&self, q: &JudgeQuestion) -> Result<(String, Value)> {
         let url = self.chat_url();
-        let body = json!({
+        let mut body = json!({
             "model": self.cfg.model,
             "messages": [
                 {"role": "system", "content": q.system},
                 {"role": "user", "content": q.user},
             ],
             "temperature": self.cfg.temperature,
-            "max_tokens": self.cfg.max_tokens,
         });
+        let cap = match self.cfg.max_tokens_param {
+            MaxTokensParam::MaxTokens => "max_tokens",
+            MaxTokensParam::MaxCompletionTokens => "max_completion_tokens",
+        };
+        body[cap] = json!(self.cfg.max_tokens);
         let attempts = self.cfg.retries + 1;
         let mut backoff = self.cfg.backoff_s;
         let mut last_error = String::new();

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oracle::judge::{
-    parse_preference, Judge, JudgeConfig, JudgeStats, JudgeTask, IMDB_SYSTEM_PROMPT, TLDR_SYSTEM_PROMPT,
+    parse_preference, Judge, JudgeConfig, JudgeStats, JudgeTask, MaxTokensParam, IMDB_SYSTEM_PROMPT, TLDR_SYSTEM_PROMPT,
 };
 use oracle::{Answer, Comparison, Oracle};
 use serde_json::{json, Value};
@@ -477,6 +477,19 @@ fn request_carries_model_temperature_and_the_paper_prompt() {
     let expected = if judge.swapped(&c) { (boring, great) } else { (great, boring) };
     assert_eq!((a.as_str(), b.as_str()), expected);
     assert!(!user.contains("<|endoftext|>"));
+    assert!(body.get("max_completion_tokens").is_none());
+
+    // Reasoning models take the cap as `max_completion_tokens` (and refuse `max_tokens`).
+    let cfg = JudgeConfig {
+        max_tokens_param: MaxTokensParam::MaxCompletionTokens,
+        max_tokens: 2000,
+        temperature: 1.0,
+        ..config(&server.base_url)
+    };
+    Judge::new(cfg).unwrap().compare(&c).unwrap();
+    let body = server.requests()[1].json();
+    assert_eq!((body["max_completion_tokens"].clone(), body["temperature"].clone()), (json!(2000), json!(1.0)));
+    assert!(body.get("max_tokens").is_none(), "{body}");
 }
 
 #[test]
@@ -529,8 +542,12 @@ fn config_defaults_and_unknown_fields() {
     assert_eq!(cfg.concurrency, 4);
     let err = Judge::new(JudgeConfig { concurrency: 0, ..config("http://127.0.0.1:9/v1") }).err().unwrap();
     assert!(err.to_string().contains("concurrency must be at least 1"), "{err}");
-    let cfg: JudgeConfig = serde_json::from_str(r#"{"task": "tldr", "max_calls": 10}"#).unwrap();
+    let cfg: JudgeConfig =
+        serde_json::from_str(r#"{"task": "tldr", "max_calls": 10, "max_tokens_param": "max_completion_tokens"}"#)
+            .unwrap();
     assert_eq!((cfg.task, cfg.max_calls), (JudgeTask::Tldr, Some(10)));
+    assert_eq!(cfg.max_tokens_param, MaxTokensParam::MaxCompletionTokens);
+    assert!(serde_json::from_str::<JudgeConfig>(r#"{"max_tokens_param": "max_output_tokens"}"#).is_err());
     assert!(serde_json::from_str::<JudgeConfig>(r#"{"modle": "gpt-4"}"#).is_err());
     assert!(serde_json::from_str::<JudgeConfig>(r#"{"task": "poetry"}"#).is_err());
 }
