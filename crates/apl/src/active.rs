@@ -456,25 +456,23 @@ impl<'a> ActiveLoop<'a> {
         };
         let name = oracle.name();
         let mut judged_now = judged.len();
-        // Completion 0 is the policy's, 1 the starting model's.
-        let mut asked: Vec<(i64, Comparison)> = Vec::new();
+        // Completion 0 is the policy's, 1 the starting model's; `asked[i]` is the prompt of `questions[i]`.
+        let (mut asked, mut questions) = (Vec::new(), Vec::new());
         for (pid, policy) in samples.iter().filter(|(pid, _)| !judged.contains(pid)) {
             let baseline = &base[pid];
             if policy == baseline {
                 self.store.record_judgment(round, *pid, 0.5, &name, "identical completions: not asked")?;
                 judged_now += 1;
             } else {
-                asked.push((
-                    *pid,
-                    Comparison { prompt: text[pid].clone(), completions: [policy.clone(), baseline.clone()] },
-                ));
+                asked.push(*pid);
+                questions
+                    .push(Comparison { prompt: text[pid].clone(), completions: [policy.clone(), baseline.clone()] });
             }
         }
-        let questions: Vec<Comparison> = asked.iter().map(|(_, c)| c.clone()).collect();
         let (store, events) = (&self.store, &mut self.events);
         oracle.compare_each(&questions, &mut |i, a| {
             let win = a.preferred.map(|p| if p == 0 { 1.0 } else { 0.0 }).unwrap_or(no_answer);
-            store.record_judgment(round, asked[i].0, win, &name, &a.raw)?;
+            store.record_judgment(round, asked[i], win, &name, &a.raw)?;
             judged_now += 1;
             events(Event::Progress { what: "judging".into(), done: judged_now, total });
             Ok(())

@@ -754,29 +754,32 @@ impl Store {
     /// Queries `annotator_id` may label: selected, unlabelled, in a round not trained yet; oldest first, the
     /// ones they skipped last.
     pub fn open_queries(&self, annotator_id: i64) -> Result<Vec<OpenQuery>> {
-        let mut st = self.conn.prepare(
+        self.open_query_rows(
             "SELECT c.id, c.round, s.created_at IS NOT NULL FROM candidates c
              LEFT JOIN labels l ON l.candidate_id = c.id
              LEFT JOIN skips s ON s.candidate_id = c.id AND s.annotator_id = ?1
              WHERE c.selected = 1 AND l.candidate_id IS NULL AND c.round NOT IN (SELECT round FROM rounds)
              ORDER BY s.created_at IS NOT NULL, s.created_at, c.id",
-        )?;
-        let rows = st.query_map([annotator_id], |r| {
-            Ok(OpenQuery { id: r.get(0)?, round: r.get::<_, i64>(1)? as usize, skipped: r.get(2)? })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+            annotator_id,
+        )
     }
 
     /// Queries answered by exactly one other annotator (candidates for a second opinion); oldest first, the
     /// ones `annotator_id` skipped last. Which of them get one is the caller's rule.
     pub fn second_opinion_queries(&self, annotator_id: i64) -> Result<Vec<OpenQuery>> {
-        let mut st = self.conn.prepare(
+        self.open_query_rows(
             "SELECT a.candidate_id, c.round, s.created_at IS NOT NULL FROM annotations a
              JOIN candidates c ON c.id = a.candidate_id
              LEFT JOIN skips s ON s.candidate_id = a.candidate_id AND s.annotator_id = ?1
              GROUP BY a.candidate_id HAVING COUNT(*) = 1 AND SUM(a.annotator_id = ?1) = 0
              ORDER BY s.created_at IS NOT NULL, s.created_at, a.candidate_id",
-        )?;
+            annotator_id,
+        )
+    }
+
+    /// Runs `sql` (one `?1`: the annotator) whose rows are (candidate id, round, skipped by them).
+    fn open_query_rows(&self, sql: &str, annotator_id: i64) -> Result<Vec<OpenQuery>> {
+        let mut st = self.conn.prepare(sql)?;
         let rows = st.query_map([annotator_id], |r| {
             Ok(OpenQuery { id: r.get(0)?, round: r.get::<_, i64>(1)? as usize, skipped: r.get(2)? })
         })?;
