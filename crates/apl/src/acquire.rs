@@ -1,7 +1,7 @@
 //! Acquisition: which prompt/completion pairs are worth a label.
 //!
-//! The paper's strategies (Muldrew et al. 2024, §2 of docs/apl-spec.md), with the intended semantics
-//! where the released code has bugs:
+//! The paper's strategies (Muldrew et al. 2024; docs/algorithm.md#acquisition-functions), with the intended
+//! semantics where the released code has bugs:
 //! - `random` / `offline`: `need` prompts, one pair each, from the policy / from the starting model;
 //! - `entropy`: draw `need·ospf` prompts, keep the `need` with the highest predictive entropy
 //!   H(x) ≈ (1/n) Σ_j −log π(y_j|x), y_j ~ π(·|x) at temperature 1 (each prompt scored with its own samples;

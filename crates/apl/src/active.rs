@@ -1,4 +1,4 @@
-//! The APL loop (Muldrew et al. 2024, Algorithm 1; docs/apl-spec.md §1), resumable from the run store.
+//! The APL loop (Muldrew et al. 2024, Algorithm 1; docs/algorithm.md#the-loop), resumable from the run store.
 //!
 //! For each round i with cumulative label target m_i:
 //! 1. acquire candidate pairs with the current policy and ask the oracle until m_i labels are held (points
@@ -12,105 +12,34 @@
 //! it was: labels already given are never asked again, and it ends with the same labels as a run that
 //! was never interrupted.
 
-use crate::acquire::{acquire, lengths, Models};
-use crate::config::{ActiveConfig, NoAnswer, OracleKind, Retrain};
-use crate::seed::{rng_for, seed_for};
+use crate::acquire::{acquire, Models};
+use crate::config::{ActiveConfig, OracleKind, Retrain};
+use crate::eval::Evaluation;
+use crate::event::Event;
+use crate::oracles::OracleHandle;
+use crate::policy::{load_policy, load_trainable};
+use crate::report::{write_outputs, ORACLE_NAME, ORACLE_NOTE};
+use crate::results::{round_results, RoundResult};
+use crate::run_dir::{write_atomic, RunDir};
+use crate::seed::seed_for;
 use crate::store::{Query, Store};
-use anyhow::{anyhow, bail, Context as _, Result};
-use candle_core::Tensor;
+use anyhow::{bail, Context as _, Result};
 use dpo::data::TokenPair;
-use dpo::train::{latest_checkpoint, Trainer};
-use lm::sample::{generate, SampleParams};
+use dpo::train::Trainer;
 use lm::LanguageModel;
+use oracle::dataset::DatasetOracle;
 use oracle::{Comparison, Oracle};
-use serde_json::json;
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Stream names for [`seed_for`].
+/// Stream names for [`seed_for`] (evaluation's, 3 and 4, are in `eval.rs`). Fixed forever: changing one
+/// changes every run's choices.
 const ACQUIRE: u64 = 1;
 const TRAIN: u64 = 2;
-const EVAL: u64 = 3;
-const EVAL_LENGTHS: u64 = 4;
 
 /// Stops a run whose oracle keeps giving no preference.
 const MAX_ATTEMPTS: usize = 25;
-
-/// What the loop tells its caller (the CLI draws progress bars from these).
-#[derive(Debug, Clone)]
-pub enum Event {
-    /// A new stage begins, e.g. "round 2/3: acquiring 16 labels (hybrid)".
-    Stage(String),
-    /// Progress within a stage.
-    Progress { what: String, done: usize, total: usize },
-    /// A fact worth a line in the log.
-    Info(String),
-}
-
-/// Who answers the queries.
-pub enum OracleHandle {
-    /// Answers at once (a scorer, a judge, a dataset).
-    Sync(Box<dyn Oracle>),
-    /// A person: queries wait in the store until the labeling app answers them.
-    Human { poll: Duration },
-}
-
-impl OracleHandle {
-    pub fn name(&self) -> String {
-        match self {
-            OracleHandle::Sync(o) => o.name(),
-            OracleHandle::Human { .. } => "human".into(),
-        }
-    }
-}
-
-/// Paths of a run directory.
-pub struct RunDir(pub PathBuf);
-
-impl RunDir {
-    pub fn store(&self) -> PathBuf {
-        self.0.join("store.sqlite")
-    }
-    pub fn round(&self, r: usize) -> PathBuf {
-        self.0.join(format!("round-{r}"))
-    }
-    pub fn policy(&self, r: usize) -> PathBuf {
-        self.round(r).join("policy.safetensors")
-    }
-    pub fn train(&self, r: usize) -> PathBuf {
-        self.round(r).join("train")
-    }
-    pub fn metrics(&self) -> PathBuf {
-        self.0.join("metrics.jsonl")
-    }
-    pub fn labels(&self) -> PathBuf {
-        self.0.join("labels.jsonl")
-    }
-    pub fn report(&self) -> PathBuf {
-        self.0.join("report.html")
-    }
-    pub fn config(&self) -> PathBuf {
-        self.0.join("config.toml")
-    }
-}
-
-/// Per-round results, as the report and `experiment` read them.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RoundResult {
-    pub round: usize,
-    pub labels: usize,
-    pub dropped: usize,
-    pub win_rate: Option<f64>,
-    pub win_rate_se: Option<f64>,
-    pub eval_prompts: usize,
-    /// Fraction of labelled points where the oracle preferred the completion the model favoured.
-    pub oracle_agreement: Option<f64>,
-    pub train_loss: Option<f64>,
-    pub acquisition_seconds: f64,
-    pub train_seconds: Option<f64>,
-}
 
 pub struct ActiveLoop<'a> {
     pub cfg: ActiveConfig,
@@ -138,7 +67,7 @@ impl<'a> ActiveLoop<'a> {
         events: &'a mut dyn FnMut(Event),
     ) -> Result<Self> {
         cfg.validate()?;
-        let dir = RunDir(dir.to_path_buf());
+        let dir = RunDir::new(dir);
         std::fs::create_dir_all(&dir.0).with_context(|| format!("creating the run directory {}", dir.0.display()))?;
         let store = Store::open(&dir.store())?;
         let toml = cfg.to_toml();
@@ -155,8 +84,52 @@ impl<'a> ActiveLoop<'a> {
         }
         store.check_config(&toml)?;
         store.set_meta("beta", &cfg.train.loss.beta.to_string())?;
-        std::fs::write(dir.config(), &toml)?;
+        store.set_meta(ORACLE_NAME, &oracle.name())?;
+        write_atomic(&dir.config(), toml.as_bytes())?;
         Ok(Self { cfg, dir, store, base, oracle, eval_oracle, fixed_pairs: None, events })
+    }
+
+    /// Sets a run up from its configuration alone, in the one order that works: resolve the prompt source
+    /// (`snippets`, the rated movie snippets, by default), read the prompt texts (with the dataset oracle, the
+    /// preference file is read once: its pairs are the candidate pool and its prompts the texts), build the
+    /// oracles (fitting the sentiment model on `snippets`), open the store, record the oracle's note for the
+    /// report, and store the prompt pool on first use. A resumed run goes through the same steps and finds its
+    /// pool already stored.
+    pub fn prepare(
+        cfg: ActiveConfig,
+        dir: &Path,
+        base: LanguageModel,
+        snippets: &Path,
+        events: &'a mut dyn FnMut(Event),
+    ) -> Result<Self> {
+        let source =
+            if cfg.prompts.source.is_empty() { snippets.to_path_buf() } else { PathBuf::from(&cfg.prompts.source) };
+        if !source.exists() && cfg.oracle.kind != OracleKind::Dataset {
+            if cfg.prompts.source.is_empty() {
+                bail!("{} not found: run `activepref assets fetch` first", source.display());
+            }
+            bail!("prompts.source = {:?}: no such file", cfg.prompts.source);
+        }
+        let dataset = match cfg.oracle.kind {
+            OracleKind::Dataset => Some(DatasetOracle::open(Path::new(&cfg.oracle.dataset))?),
+            _ => None,
+        };
+        let pairs = dataset.as_ref().map(DatasetOracle::pairs);
+        let (texts, source) = match &pairs {
+            Some(p) => (p.iter().map(|c| c.prompt.clone()).collect(), PathBuf::from(&cfg.oracle.dataset)),
+            None => (crate::prompts::read_texts(&source)?, source),
+        };
+        let o = crate::oracles::build(&cfg, dir, snippets, dataset)?;
+        let mut run = Self::open(cfg, dir, base, o.main, o.eval, events)?;
+        if let Some(p) = &pairs {
+            run.use_fixed_pairs(p);
+        }
+        if let Some(n) = o.note {
+            run.store.set_meta(ORACLE_NOTE, &n)?;
+            run.emit(Event::Info(n));
+        }
+        run.ensure_pool(&texts, &source)?;
+        Ok(run)
     }
 
     fn emit(&mut self, e: Event) {
@@ -227,13 +200,7 @@ impl<'a> ActiveLoop<'a> {
 
     /// The policy after `round` rounds (0 = the starting model), as a plain model (adapters merged).
     pub fn policy_model(&self, round: usize) -> Result<LanguageModel> {
-        if round == 0 {
-            return self.base.with_params(self.base.params.clone());
-        }
-        let path = self.dir.policy(round);
-        let t = candle_core::safetensors::load(&path, self.base.device())
-            .map_err(|e| anyhow!("{}: {e} (delete round-{round} to retrain it)", path.display()))?;
-        policy_from_trainable(&self.base, self.cfg.train.lora.as_ref(), &t)
+        load_policy(&self.base, self.cfg.train.lora.as_ref(), &self.dir, round)
     }
 
     /// Acquires and labels until the round holds `target` labels (cumulative).
@@ -375,15 +342,11 @@ impl<'a> ActiveLoop<'a> {
         let events = &mut self.events;
         let mut trainer = Trainer::with_reference_logps(tcfg, start, pairs, vec![], Some(refs), &out, |_, _, _| {})?;
         trainer.save_final_model = false;
-        if let Some(ckpt) = latest_checkpoint(&out) {
-            trainer.resume(&ckpt)?;
+        if let Some(ckpt) = trainer.resume_latest()? {
             events(Event::Info(format!("resuming training from {}", ckpt.display())));
         } else {
             if self.cfg.rounds.retrain == Retrain::Continue && round > 1 {
-                let prev = self.dir.policy(round - 1);
-                let t = candle_core::safetensors::load(&prev, self.base.device())
-                    .map_err(|e| anyhow!("{}: {e}", prev.display()))?;
-                trainer.set_trainable(&t)?;
+                trainer.set_trainable(&load_trainable(&self.base, &self.dir, round - 1)?)?;
             }
             // A half-written metrics file from a run killed before its first checkpoint.
             let _ = std::fs::remove_file(out.join("metrics.jsonl"));
@@ -400,189 +363,37 @@ impl<'a> ActiveLoop<'a> {
         Ok(())
     }
 
-    /// Win rate of the round's policy against the starting model on the held-out prompts.
+    /// Win rate of the round's policy against the starting model on the held-out prompts (`eval.rs`).
     fn evaluate(&mut self, round: usize) -> Result<()> {
-        let prompts = self.store.prompts("eval")?;
-        let done = self.store.judgments(round)?.len();
-        if done == prompts.len() {
-            return Ok(());
-        }
-        self.emit(Event::Stage(format!("round {round}: evaluating on {} held-out prompts", prompts.len())));
-        let g = &self.cfg.generation;
-        let lens = lengths(&self.cfg, prompts.len(), &mut rng_for(self.cfg.seed, &[EVAL_LENGTHS]));
-        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
-        for r in [0, round] {
-            if !self.store.eval_samples(r)?.is_empty() {
-                continue;
-            }
-            let model = self.policy_model(r)?;
-            let params = SampleParams {
-                max_new_tokens: g.max_new_tokens,
-                temperature: g.eval_temperature,
-                top_k: 0,
-                top_p: 1.0,
-                seed: seed_for(self.cfg.seed, &[EVAL, r as u64]),
-                stop_at_eos: true,
-            };
-            let what = if r == 0 { "baseline samples".to_string() } else { format!("round {r} samples") };
-            let total = ids.len();
-            let events = &mut self.events;
-            let samples = generate(&model, &ids, &params, Some(&lens), g.batch_size, 0, |d| {
-                events(Event::Progress { what: what.clone(), done: d, total })
-            })?;
-            let rows: Vec<(i64, String)> = prompts
-                .iter()
-                .zip(&samples)
-                .map(|(p, s)| {
-                    let plain: Vec<u32> = s.tokens.iter().copied().filter(|&t| !model.tokenizer.is_eos(t)).collect();
-                    Ok((p.id, model.tokenizer.decode(&plain, true)?))
-                })
-                .collect::<Result<_>>()?;
-            self.store.insert_eval_samples(r, &rows)?;
-        }
-        let base: HashMap<i64, String> = self.store.eval_samples(0)?.into_iter().collect();
-        let judged: std::collections::HashSet<i64> =
-            self.store.judgments(round)?.into_iter().map(|j| j.prompt_id).collect();
-        let text: HashMap<i64, String> = prompts.iter().map(|p| (p.id, p.text.clone())).collect();
-        let samples = self.store.eval_samples(round)?;
-        let no_answer = if self.cfg.eval.no_answer == NoAnswer::Half { 0.5 } else { 0.0 };
-        let total = samples.len();
-        let oracle: &mut dyn Oracle = match (&mut self.eval_oracle, &mut self.oracle) {
-            (Some(o), _) => o.as_mut(),
-            (None, OracleHandle::Sync(o)) => o.as_mut(),
-            (None, OracleHandle::Human { .. }) => {
-                bail!("a human-labelled run needs an evaluation oracle (eval.oracle in the config)")
-            }
+        let oracle: Option<&mut dyn Oracle> = match (&mut self.eval_oracle, &mut self.oracle) {
+            (Some(o), _) => Some(o.as_mut()),
+            (None, OracleHandle::Sync(o)) => Some(o.as_mut()),
+            (None, OracleHandle::Human { .. }) => None,
         };
-        let name = oracle.name();
-        let mut judged_now = judged.len();
-        // Completion 0 is the policy's, 1 the starting model's; `asked[i]` is the prompt of `questions[i]`.
-        let (mut asked, mut questions) = (Vec::new(), Vec::new());
-        for (pid, policy) in samples.iter().filter(|(pid, _)| !judged.contains(pid)) {
-            let baseline = &base[pid];
-            if policy == baseline {
-                self.store.record_judgment(round, *pid, 0.5, &name, "identical completions: not asked")?;
-                judged_now += 1;
-            } else {
-                asked.push(*pid);
-                questions
-                    .push(Comparison { prompt: text[pid].clone(), completions: [policy.clone(), baseline.clone()] });
-            }
+        Evaluation {
+            cfg: &self.cfg,
+            dir: &self.dir,
+            store: &mut self.store,
+            base: &self.base,
+            oracle,
+            events: &mut *self.events,
         }
-        let (store, events) = (&self.store, &mut self.events);
-        oracle.compare_each(&questions, &mut |i, a| {
-            let win = a.preferred.map(|p| if p == 0 { 1.0 } else { 0.0 }).unwrap_or(no_answer);
-            store.record_judgment(round, asked[i], win, &name, &a.raw)?;
-            judged_now += 1;
-            events(Event::Progress { what: "judging".into(), done: judged_now, total });
-            Ok(())
-        })?;
-        let r = self.results()?.into_iter().find(|r| r.round == round);
-        if let Some(RoundResult { win_rate: Some(w), win_rate_se: Some(se), labels, .. }) = r {
-            self.emit(Event::Info(format!(
-                "round {round}: win rate vs the starting model {:.1}% ± {:.1} ({labels} labels, {} prompts)",
-                100.0 * w,
-                100.0 * se,
-                prompts.len()
-            )));
-        }
-        Ok(())
+        .run(round)
     }
 
     /// Per-round results from the store.
     pub fn results(&self) -> Result<Vec<RoundResult>> {
-        let mut out = Vec::new();
-        let eval_n = self.store.prompts("eval")?.len();
-        for t in self.store.rounds()? {
-            let (round, labels, loss, secs) = (t.round, t.labels, t.train_loss, t.train_seconds);
-            let j = self.store.judgments(round)?;
-            let (win_rate, win_rate_se) = if j.is_empty() {
-                (None, None)
-            } else {
-                let (m, se) = crate::eval::mean_binomial_se(&j.iter().map(|j| j.win).collect::<Vec<_>>());
-                (Some(m), Some(se))
-            };
-            let pts = self.store.scored_points(round)?;
-            let agree: Vec<bool> = pts
-                .iter()
-                .filter_map(|p| match p.preferred {
-                    Some(Some(pref)) if (p.p_hat - 0.5).abs() > 1e-9 => Some((p.p_hat > 0.5) == (pref == 0)),
-                    _ => None,
-                })
-                .collect();
-            out.push(RoundResult {
-                round,
-                labels,
-                dropped: self.store.dropped(round)?,
-                win_rate,
-                win_rate_se,
-                eval_prompts: eval_n,
-                oracle_agreement: (!agree.is_empty())
-                    .then(|| agree.iter().filter(|&&a| a).count() as f64 / agree.len() as f64),
-                train_loss: loss,
-                acquisition_seconds: self.store.acquisition_seconds(round)?,
-                train_seconds: secs,
-            });
-        }
-        Ok(out)
+        round_results(&self.store)
     }
 
     /// Rewrites the derived files — metrics.jsonl, labels.jsonl (TRL format), report.html — from the store.
     pub fn write_outputs(&self) -> Result<()> {
-        let results = self.results()?;
-        let mut m = String::new();
-        for r in &results {
-            m.push_str(&serde_json::to_string(r)?);
-            m.push('\n');
-        }
-        write_atomic(&self.dir.metrics(), m.as_bytes())?;
-        let mut l = String::new();
-        let rounds = self.cfg.rounds.targets().len();
-        for x in self.store.labels(rounds)? {
-            let q = &x.query;
-            let row = json!({"prompt": q.prompt, "chosen": q.completions[x.preferred],
-                "rejected": q.completions[1 - x.preferred], "round": q.round, "oracle": x.oracle});
-            l.push_str(&row.to_string());
-            l.push('\n');
-        }
-        write_atomic(&self.dir.labels(), l.as_bytes())?;
-        let html = crate::eval::run_report(self, &results)?;
-        write_atomic(&self.dir.report(), html.as_bytes())?;
-        Ok(())
+        write_outputs(&self.store, &self.cfg, &self.dir).map(drop)
     }
 
     /// The kind of oracle this run asks (for messages).
     pub fn oracle_kind(&self) -> OracleKind {
         self.cfg.oracle.kind
-    }
-}
-
-/// A plain model from the base and a round's trainable tensors (LoRA A/B merged in, or full weights).
-pub fn policy_from_trainable(
-    base: &LanguageModel,
-    lora: Option<&dpo::train::LoraConfig>,
-    t: &HashMap<String, Tensor>,
-) -> Result<LanguageModel> {
-    match lora {
-        Some(l) => {
-            let mut m = base.with_params(base.params.clone())?;
-            let vars = m.add_lora(l.r, l.alpha, &l.target_modules, 0)?;
-            for (name, v) in vars {
-                let x = t.get(&name).ok_or_else(|| anyhow!("policy tensor `{name}` is missing"))?;
-                v.set(&x.to_dtype(v.dtype())?)?;
-            }
-            base.with_params(m.merged_params()?)
-        }
-        None => {
-            let mut p = base.params.clone();
-            for (name, x) in t {
-                if !p.contains(name) {
-                    bail!("policy tensor `{name}` is not a parameter of the model");
-                }
-                p.insert(name.clone(), x.clone());
-            }
-            base.with_params(p)
-        }
     }
 }
 
@@ -592,14 +403,4 @@ fn last_loss(metrics: &Path) -> Option<f64> {
         .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find_map(|v| v["loss"].as_f64())
-}
-
-/// Writes via a temporary file and a rename, so a reader never sees half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

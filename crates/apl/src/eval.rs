@@ -1,104 +1,124 @@
-//! Evaluation statistics and the run report: win rates with their standard errors, and the data the HTML
-//! report plots (learning curve, acquisition-score histograms with oracle agreement, training curves).
+//! Evaluation: the win rate of a round's policy against the starting model on the held-out prompts, judged
+//! by the oracle (Muldrew et al. 2024 §4; docs/algorithm.md#evaluation).
+//!
+//! Both models sample one completion per held-out prompt at `generation.eval_temperature`; the starting
+//! model's samples are drawn once and reused by every round. Completion 0 of each question is the policy's,
+//! 1 the starting model's; identical completions are a tie without asking. Samples are stored before any
+//! question is asked and each judgment is committed as it arrives, so an evaluation cut short resumes with
+//! the same samples and asks only what is left.
 
-use crate::active::{ActiveLoop, RoundResult};
-use anyhow::Result;
-use report::{AcquiredPoint, AcquisitionRound, RoundSummary, RunReport, SampleRow, TrainPoint, TrainingCurve};
+use crate::acquire::lengths;
+use crate::config::{ActiveConfig, NoAnswer};
+use crate::event::Event;
+use crate::policy::load_policy;
+use crate::results::{round_results, RoundResult};
+use crate::run_dir::RunDir;
+use crate::seed::{rng_for, seed_for};
+use crate::store::Store;
+use anyhow::{bail, Result};
+use lm::sample::{generate, SampleParams};
+use lm::LanguageModel;
+use oracle::{Comparison, Oracle};
+use std::collections::{HashMap, HashSet};
 
-/// Mean of per-prompt outcomes (1 win, 0 loss, 0.5 tie) and its standard error over prompts
-/// (sd / √n; for 0/1 outcomes this is the binomial √(p(1−p)/n)).
-pub fn mean_binomial_se(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    if xs.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let m = xs.iter().sum::<f64>() / n;
-    let var = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / n;
-    (m, (var / n).sqrt())
+/// Stream names for [`seed_for`] (shared with the loop's list in `active.rs`; the numbers are fixed forever,
+/// since changing one changes every run's samples).
+pub(crate) const EVAL: u64 = 3;
+pub(crate) const EVAL_LENGTHS: u64 = 4;
+
+/// What an evaluation needs: the run (config, directory, store), the starting model, and the judge.
+pub struct Evaluation<'a> {
+    pub cfg: &'a ActiveConfig,
+    pub dir: &'a RunDir,
+    pub store: &'a mut Store,
+    pub base: &'a LanguageModel,
+    /// `None` when the run's oracle is a person and no evaluation oracle is configured.
+    pub oracle: Option<&'a mut dyn Oracle>,
+    pub events: &'a mut dyn FnMut(Event),
 }
 
-/// The run's HTML report, built from the store.
-pub fn run_report(run: &ActiveLoop, results: &[RoundResult]) -> Result<String> {
-    let cfg = &run.cfg;
-    let mut rep = RunReport {
-        title: format!("activepref run — {}, seed {}", cfg.acquisition.strategy.name(), cfg.seed),
-        subtitle: format!(
-            "model {} · oracle {} · β {} · {} rounds to {} labels · run dir {}",
-            if cfg.model.is_empty() { "SmolLM2-135M-Instruct" } else { &cfg.model },
-            run.oracle.name(),
-            cfg.train.loss.beta,
-            cfg.rounds.targets().len(),
-            cfg.rounds.targets().last().copied().unwrap_or(0),
-            run.dir.0.display()
-        ),
-        config_toml: cfg.to_toml(),
-        ..Default::default()
-    };
-    for r in results {
-        rep.rounds.push(RoundSummary {
-            round: r.round,
-            labels: r.labels,
-            win_rate: r.win_rate,
-            win_rate_se: r.win_rate_se,
-            eval_prompts: r.eval_prompts,
-            dropped: r.dropped,
-            oracle_agreement: r.oracle_agreement,
-            train_loss: r.train_loss,
-            seconds: r.train_seconds.map(|t| t + r.acquisition_seconds),
-        });
-        let points = run
-            .store
-            .scored_points(r.round)?
-            .into_iter()
-            .map(|p| AcquiredPoint {
-                p_hat: p.p_hat,
-                score: p.score,
-                selected: p.selected,
-                // With p̂ = ½ (the first round, π = π_ref) the model favours neither: no agreement to speak of.
-                oracle_agrees: match p.preferred {
-                    Some(Some(pref)) if (p.p_hat - 0.5).abs() > 1e-9 => Some((p.p_hat > 0.5) == (pref == 0)),
-                    _ => None,
-                },
-            })
-            .collect();
-        rep.acquisitions.push(AcquisitionRound {
-            round: r.round,
-            strategy: cfg.acquisition.strategy.name().to_string(),
-            points,
-        });
-        let metrics = run.dir.train(r.round).join("metrics.jsonl");
-        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
-        let points = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v.get("loss").is_some())
-            .map(|v| TrainPoint {
-                step: v["step"].as_u64().unwrap_or(0),
-                loss: v["loss"].as_f64().unwrap_or(f64::NAN),
-                chosen: v["rewards/chosen"].as_f64().unwrap_or(f64::NAN),
-                rejected: v["rewards/rejected"].as_f64().unwrap_or(f64::NAN),
-                margin: v["rewards/margins"].as_f64().unwrap_or(f64::NAN),
-                accuracy: v["rewards/accuracies"].as_f64().unwrap_or(f64::NAN),
-            })
-            .collect();
-        rep.training.push(TrainingCurve { round: r.round, points });
-    }
-    if let Some(last) = results.iter().rev().find(|r| r.win_rate.is_some()) {
-        for j in run.store.judgments(last.round)?.into_iter().take(8) {
-            rep.samples.push(SampleRow {
-                prompt: j.prompt,
-                policy: j.policy,
-                baseline: j.baseline,
-                winner: match j.win {
-                    w if w > 0.5 => format!("round {}", last.round),
-                    w if w < 0.5 => "start".into(),
-                    _ => "tie".into(),
-                },
-            });
+impl Evaluation<'_> {
+    /// Samples (once), judges what is not judged yet, and reports the round's win rate.
+    pub fn run(self, round: usize) -> Result<()> {
+        let Evaluation { cfg, dir, store, base, oracle, events } = self;
+        let prompts = store.prompts("eval")?;
+        let done = store.judgments(round)?.len();
+        if done == prompts.len() {
+            return Ok(());
         }
+        events(Event::Stage(format!("round {round}: evaluating on {} held-out prompts", prompts.len())));
+        let g = &cfg.generation;
+        let lens = lengths(cfg, prompts.len(), &mut rng_for(cfg.seed, &[EVAL_LENGTHS]));
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
+        for r in [0, round] {
+            if !store.eval_samples(r)?.is_empty() {
+                continue;
+            }
+            let model = load_policy(base, cfg.train.lora.as_ref(), dir, r)?;
+            let params = SampleParams {
+                max_new_tokens: g.max_new_tokens,
+                temperature: g.eval_temperature,
+                top_k: 0,
+                top_p: 1.0,
+                seed: seed_for(cfg.seed, &[EVAL, r as u64]),
+                stop_at_eos: true,
+            };
+            let what = if r == 0 { "baseline samples".to_string() } else { format!("round {r} samples") };
+            let total = ids.len();
+            let samples = generate(&model, &ids, &params, Some(&lens), g.batch_size, 0, |d| {
+                events(Event::Progress { what: what.clone(), done: d, total })
+            })?;
+            let rows: Vec<(i64, String)> = prompts
+                .iter()
+                .zip(&samples)
+                .map(|(p, s)| {
+                    let plain: Vec<u32> = s.tokens.iter().copied().filter(|&t| !model.tokenizer.is_eos(t)).collect();
+                    Ok((p.id, model.tokenizer.decode(&plain, true)?))
+                })
+                .collect::<Result<_>>()?;
+            store.insert_eval_samples(r, &rows)?;
+        }
+        let base_samples: HashMap<i64, String> = store.eval_samples(0)?.into_iter().collect();
+        let judged: HashSet<i64> = store.judgments(round)?.into_iter().map(|j| j.prompt_id).collect();
+        let text: HashMap<i64, String> = prompts.iter().map(|p| (p.id, p.text.clone())).collect();
+        let samples = store.eval_samples(round)?;
+        let no_answer = if cfg.eval.no_answer == NoAnswer::Half { 0.5 } else { 0.0 };
+        let total = samples.len();
+        let Some(oracle) = oracle else {
+            bail!("a human-labelled run needs an evaluation oracle (eval.oracle in the config)")
+        };
+        let name = oracle.name();
+        let mut judged_now = judged.len();
+        // Completion 0 is the policy's, 1 the starting model's; `asked[i]` is the prompt of `questions[i]`.
+        let (mut asked, mut questions) = (Vec::new(), Vec::new());
+        for (pid, policy) in samples.iter().filter(|(pid, _)| !judged.contains(pid)) {
+            let baseline = &base_samples[pid];
+            if policy == baseline {
+                store.record_judgment(round, *pid, 0.5, &name, "identical completions: not asked")?;
+                judged_now += 1;
+            } else {
+                asked.push(*pid);
+                questions
+                    .push(Comparison { prompt: text[pid].clone(), completions: [policy.clone(), baseline.clone()] });
+            }
+        }
+        let store_ref: &Store = store;
+        oracle.compare_each(&questions, &mut |i, a| {
+            let win = a.preferred.map(|p| if p == 0 { 1.0 } else { 0.0 }).unwrap_or(no_answer);
+            store_ref.record_judgment(round, asked[i], win, &name, &a.raw)?;
+            judged_now += 1;
+            events(Event::Progress { what: "judging".into(), done: judged_now, total });
+            Ok(())
+        })?;
+        let r = round_results(store)?.into_iter().find(|r| r.round == round);
+        if let Some(RoundResult { win_rate: Some(w), win_rate_se: Some(se), labels, .. }) = r {
+            events(Event::Info(format!(
+                "round {round}: win rate vs the starting model {:.1}% ± {:.1} ({labels} labels, {} prompts)",
+                100.0 * w,
+                100.0 * se,
+                prompts.len()
+            )));
+        }
+        Ok(())
     }
-    if let Ok(Some(n)) = run.store.meta("oracle_note") {
-        rep.notes.push(n);
-    }
-    Ok(report::render_run(&rep))
 }

@@ -2,9 +2,9 @@
 //! from the config. The sentiment model is fitted here, at the start of the run, on the human ratings of
 //! the movie snippets; its held-out accuracy goes into the report next to VADER's on the same split.
 
-use crate::active::OracleHandle;
 use crate::config::{ActiveConfig, OracleKind};
 use anyhow::{bail, Context as _, Result};
+use oracle::dataset::DatasetOracle;
 use oracle::judge::Judge;
 use oracle::sentiment::{sign_accuracy, FitParams, SentimentModel};
 use oracle::vader::Vader;
@@ -15,6 +15,23 @@ use std::time::Duration;
 /// Fraction of the rated snippets held out to measure the sentiment oracle.
 const HELD_OUT: f64 = 0.2;
 
+/// Who answers the queries.
+pub enum OracleHandle {
+    /// Answers at once (a scorer, a judge, a dataset).
+    Sync(Box<dyn Oracle>),
+    /// A person: queries wait in the store until the labeling app answers them.
+    Human { poll: Duration },
+}
+
+impl OracleHandle {
+    pub fn name(&self) -> String {
+        match self {
+            OracleHandle::Sync(o) => o.name(),
+            OracleHandle::Human { .. } => "human".into(),
+        }
+    }
+}
+
 /// What a run asks.
 pub struct Oracles {
     pub main: OracleHandle,
@@ -24,7 +41,14 @@ pub struct Oracles {
     pub note: Option<String>,
 }
 
-pub fn build(cfg: &ActiveConfig, run_dir: &Path, snippets: &Path) -> Result<Oracles> {
+/// Builds the run's oracles. `dataset`, when the caller has already read the run's preference file (it is
+/// also the candidate pool), is used instead of reading the file again.
+pub fn build(
+    cfg: &ActiveConfig,
+    run_dir: &Path,
+    snippets: &Path,
+    mut dataset: Option<DatasetOracle>,
+) -> Result<Oracles> {
     let mut note = None;
     let mut make = |kind: OracleKind| -> Result<Box<dyn Oracle>> {
         Ok(match kind {
@@ -42,10 +66,10 @@ pub fn build(cfg: &ActiveConfig, run_dir: &Path, snippets: &Path) -> Result<Orac
                 j.seed ^= cfg.seed;
                 Box::new(Judge::new(j)?)
             }
-            OracleKind::Dataset => {
-                let p = Path::new(&cfg.oracle.dataset);
-                Box::new(oracle::dataset::DatasetOracle::open(p)?)
-            }
+            OracleKind::Dataset => match dataset.take() {
+                Some(d) => Box::new(d),
+                None => Box::new(DatasetOracle::open(Path::new(&cfg.oracle.dataset))?),
+            },
             OracleKind::Reward => Box::new(crate::reward::RewardOracle::load(Path::new(&cfg.oracle.reward_model))?),
             OracleKind::Human => bail!("a person cannot be built as an automatic oracle"),
         })

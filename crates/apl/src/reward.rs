@@ -10,7 +10,7 @@
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor};
-use lm::{Context, LanguageModel};
+use lm::{LanguageModel, Positions};
 use oracle::{Answer, Comparison, Oracle};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -61,7 +61,7 @@ pub fn features(model: &LanguageModel, texts: &[Vec<u32>], batch: usize) -> Resu
         }
         let dev = model.device();
         let ids = Tensor::from_vec(ids, (chunk.len(), t), dev)?;
-        let h = model.hidden(&ids, &Context::fresh(chunk.len()), None)?.to_dtype(DType::F32)?; // (B, T, d)
+        let h = model.hidden(&ids, &Positions::fresh(chunk.len()), None)?.to_dtype(DType::F32)?; // (B, T, d)
         let mask = Tensor::from_vec(mask, (chunk.len(), t, 1), dev)?; // (B, T, 1)
         let sum = h.broadcast_mul(&mask)?.sum(1)?; // (B, d)
         let n = mask.sum(1)?; // (B, 1)

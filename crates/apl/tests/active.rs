@@ -5,6 +5,7 @@
 use anyhow::Result;
 use apl::config::{ActiveConfig, OracleKind, Strategy};
 use apl::store::Store;
+use apl::testing::{movie_texts, tiny_config, LetterE};
 use apl::{ActiveLoop, Event, OracleHandle};
 use candle_core::DType;
 use lm::testing::tiny_model;
@@ -12,19 +13,6 @@ use oracle::{Answer, Comparison, Oracle, ScoreOracle, Scorer};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// A real (if simple) oracle for byte-level gibberish: prefers the text with more letters `e`.
-struct LetterE;
-impl Scorer for LetterE {
-    fn name(&self) -> String {
-        "letter-e".into()
-    }
-    fn score(&self, text: &str) -> f64 {
-        // Fewer ties than a bare count: a byte hash breaks most of them, so identical texts are the usual tie.
-        let h = text.bytes().fold(7u64, |h, x| h.wrapping_mul(31).wrapping_add(x as u64));
-        text.matches('e').count() as f64 + (h % 1000) as f64 / 2000.0
-    }
-}
 
 /// Counts the questions it is asked and can fail after a number of them (a judge going away).
 struct Counting {
@@ -46,25 +34,17 @@ impl Oracle for Counting {
 }
 
 fn texts() -> Vec<String> {
-    (0..200).map(|i| format!("the movie number {i} was seen by everyone here, and then")).collect()
+    movie_texts(200)
 }
 
 fn cfg() -> ActiveConfig {
-    let mut c = ActiveConfig { seed: 5, ..Default::default() };
-    c.prompts.min_tokens = 4;
-    c.prompts.max_tokens = 8;
-    c.prompts.min_source_tokens = 10;
-    c.generation.min_new_tokens = 4;
-    c.generation.max_new_tokens = 8;
-    c.generation.batch_size = 8;
+    let mut c = tiny_config(5);
     c.acquisition.over_generate_factor = 2;
     c.acquisition.over_sample_prompts_factor = 2;
     c.acquisition.entropy_samples = 2;
     c.rounds.labels_per_round = 4;
-    c.rounds.rounds = 2;
     c.eval.prompts = 6;
     c.train.epochs = 2;
-    c.train.batch_size = 2;
     c.train.save_steps = Some(1);
     c.train.learning_rate = 2e-3;
     c.train.lora = Some(dpo::train::LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] });

@@ -5,7 +5,7 @@
 use apl::reward::{self, RewardInfo, RewardOracle, RewardTrainConfig};
 use candle_core::{DType, Device, Tensor};
 use lm::testing::tiny_model;
-use lm::{Context, LanguageModel};
+use lm::{LanguageModel, Positions};
 use oracle::{Comparison, Oracle};
 use std::collections::HashMap;
 
@@ -169,7 +169,7 @@ fn features_are_the_mean_hidden_state_and_padding_does_not_change_them() {
 
     // By hand: the mean over positions of the model's final hidden states.
     let t = Tensor::from_vec(long.clone(), (1, long.len()), &Device::Cpu).unwrap();
-    let h = model.hidden(&t, &Context::fresh(1), None).unwrap(); // (1, T, d)
+    let h = model.hidden(&t, &Positions::fresh(1), None).unwrap(); // (1, T, d)
     let h: Vec<Vec<f32>> = h.squeeze(0).unwrap().to_vec2().unwrap();
     let mean: Vec<f64> = (0..d).map(|j| h.iter().map(|row| row[j] as f64).sum::<f64>() / h.len() as f64).collect();
     let err = mean.iter().zip(&batched[0]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);

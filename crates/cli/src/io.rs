@@ -1,9 +1,8 @@
 //! Reading the JSONL inputs of `generate` and `score`, with errors that name the file, line and field.
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Result};
 use lm::LanguageModel;
 use serde_json::{json, Value};
-use std::io::BufRead;
 use std::path::Path;
 
 pub enum PromptInput {
@@ -11,25 +10,7 @@ pub enum PromptInput {
     Messages(Value),
 }
 
-/// Reads lines of a text file, as (1-based line number, text), skipping blank lines; a non-UTF-8 line is
-/// an error naming its line.
-pub fn read_lines(path: &Path) -> Result<Vec<(usize, String)>> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
-        let bytes = line.with_context(|| format!("reading {}", path.display()))?;
-        let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}:{}: not valid UTF-8", path.display(), i + 1))?;
-        let text = text.trim_end_matches('\r');
-        if !text.trim().is_empty() {
-            out.push((i + 1, text.to_string()));
-        }
-    }
-    Ok(out)
-}
-
-fn parse_json(path: &Path, line: usize, text: &str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| anyhow!("{}:{line}: not valid JSON ({e})", path.display()))
-}
+use rows::{lines as read_lines, parse_json};
 
 pub fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
     let mut out = Vec::new();

@@ -344,7 +344,7 @@ fn run_score(a: ScoreArgs) -> Result<()> {
 }
 
 fn run_dpo(a: DpoArgs) -> Result<()> {
-    use dpo::train::{latest_checkpoint, LoraConfig, TrainConfig, Trainer};
+    use dpo::train::{find_checkpoint, LoraConfig, TrainConfig, Trainer};
     let mut cfg = match &a.config {
         Some(p) => TrainConfig::from_toml_file(p)?,
         None => TrainConfig::default(),
@@ -381,26 +381,9 @@ fn run_dpo(a: DpoArgs) -> Result<()> {
     cfg.validate()?;
     let model = a.model.load()?;
     let read = |p: &PathBuf| -> Result<Vec<dpo::data::TokenPair>> {
-        if p.extension().is_some_and(|e| e == "parquet") {
-            bail!(
-                "{}: Parquet input is not supported yet; convert it to JSONL (one JSON object per line)",
-                p.display()
-            );
-        }
-        let (pairs, mut skipped) = dpo::data::read_jsonl(p, &model.tokenizer)?;
-        let toks = dpo::data::tokenize(
-            &pairs,
-            &model.tokenizer,
-            cfg.max_length,
-            cfg.max_prompt_length,
-            cfg.truncation_mode,
-            &mut skipped,
-        )?;
+        let (toks, skipped) = dpo::data::load_pairs(p, &model.tokenizer, &cfg)?;
         if skipped.total() > 0 {
             eprintln!("{}", skipped.describe(p));
-        }
-        if toks.is_empty() {
-            bail!("{}: no pairs left after truncation to max_length = {}", p.display(), cfg.max_length);
         }
         Ok(toks)
     };
@@ -420,13 +403,7 @@ fn run_dpo(a: DpoArgs) -> Result<()> {
         b.finish_and_clear();
     }
     if let Some(r) = &a.resume {
-        let ckpt = match r {
-            None => latest_checkpoint(&a.out)
-                .ok_or_else(|| anyhow::anyhow!("--resume: no checkpoint-N directory in {}", a.out.display()))?,
-            Some(r) if r.join("trainer_state.json").exists() => r.clone(),
-            Some(r) => latest_checkpoint(r)
-                .ok_or_else(|| anyhow::anyhow!("--resume {}: not a checkpoint and holds none", r.display()))?,
-        };
+        let ckpt = find_checkpoint(&a.out, r.as_deref())?;
         t.resume(&ckpt)?;
         eprintln!("resumed from {} at step {}", ckpt.display(), t.step);
     }

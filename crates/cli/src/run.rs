@@ -1,8 +1,10 @@
-//! `activepref run` and `activepref experiment`: the APL loop from the command line, with progress bars.
+//! `activepref run` and `activepref experiment`: flags in, the library's loop (`apl::ActiveLoop::prepare`) and
+//! experiment driver (`apl::experiment`) called, progress bars and tables out.
 
 use crate::{assets, ModelArgs};
-use anyhow::{bail, Context as _, Result};
-use apl::config::{OracleKind, Strategy};
+use anyhow::Result;
+use apl::config::Strategy;
+use apl::experiment::Experiment;
 use apl::{ActiveConfig, ActiveLoop, Event, RoundResult};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -101,37 +103,9 @@ impl Bars {
 
 /// Runs (or resumes) one run; returns its per-round results.
 fn run_one(cfg: ActiveConfig, dir: &Path, base: lm::LanguageModel, bars: &mut Bars) -> Result<Vec<RoundResult>> {
-    let assets = assets::default_dir();
-    let snippets = assets.join(assets::MOVIE_SNIPPETS);
-    let source = if cfg.prompts.source.is_empty() { snippets.clone() } else { PathBuf::from(&cfg.prompts.source) };
-    if !source.exists() && cfg.oracle.kind != OracleKind::Dataset {
-        if cfg.prompts.source.is_empty() {
-            bail!("{} not found: run `activepref assets fetch` first", source.display());
-        }
-        bail!("prompts.source = {:?}: no such file", cfg.prompts.source);
-    }
-    // With the dataset oracle the file is also the candidate pool: its prompts, its pairs.
-    let file_pairs = match cfg.oracle.kind {
-        OracleKind::Dataset => Some(oracle::dataset::DatasetOracle::open(Path::new(&cfg.oracle.dataset))?.pairs()),
-        _ => None,
-    };
-    let (texts, source) = match &file_pairs {
-        Some(p) => (p.iter().map(|c| c.prompt.clone()).collect(), PathBuf::from(&cfg.oracle.dataset)),
-        None => (apl::prompts::read_texts(&source)?, source),
-    };
-    let o = apl::oracles::build(&cfg, dir, &snippets)?;
+    let snippets = assets::default_dir().join(assets::MOVIE_SNIPPETS);
     let mut events = |e: Event| bars.handle(e);
-    let mut run = ActiveLoop::open(cfg, dir, base, o.main, o.eval, &mut events)?;
-    if let Some(p) = &file_pairs {
-        run.use_fixed_pairs(p);
-    }
-    if let Some(n) = o.note {
-        run.store.set_meta("oracle_note", &n)?;
-        (run.events)(Event::Info(n));
-    }
-    run.ensure_pool(&texts, &source)?;
-    let res = run.run()?;
-    Ok(res)
+    ActiveLoop::prepare(cfg, dir, base, &snippets, &mut events)?.run()
 }
 
 fn print_results(res: &[RoundResult]) {
@@ -195,50 +169,13 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
     if let Some(m) = &a.model.model {
         cfg.model = m.display().to_string();
     }
-    let strategies: Vec<Strategy> =
-        a.strategies.split(',').filter(|s| !s.trim().is_empty()).map(Strategy::parse).collect::<Result<_>>()?;
-    if strategies.is_empty() || a.seeds == 0 {
-        bail!("--strategies and --seeds must name at least one strategy and one seed");
-    }
-    if cfg.oracle.kind == OracleKind::Human {
-        bail!("experiments need an automatic oracle (oracle.kind = human would wait for people in every run)");
-    }
-    let base = load_model(&cfg, &a.model)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut cells: Vec<report::Cell> = Vec::new();
+    let plan = Experiment::new(cfg, &a.strategies, a.seeds, &a.out)?;
+    let base = load_model(&plan.cfg, &a.model)?;
+    let snippets = assets::default_dir().join(assets::MOVIE_SNIPPETS);
     let mut bars = Bars { bar: None };
-    for s in &strategies {
-        for seed in 0..a.seeds {
-            let mut c = cfg.clone();
-            c.acquisition.strategy = *s;
-            c.seed = seed;
-            let dir = a.out.join(format!("{}-seed{seed}", s.name()));
-            eprintln!("=== {} seed {seed} ({})", s.name(), dir.display());
-            let res = run_one(c, &dir, base.with_params(base.params.clone())?, &mut bars)?;
-            bars.finish();
-            for r in res {
-                if let Some(w) = r.win_rate {
-                    match cells.iter_mut().find(|x| x.strategy == s.name() && x.labels == r.labels) {
-                        Some(x) => x.win_rates.push(w),
-                        None => {
-                            cells.push(report::Cell { strategy: s.name().into(), labels: r.labels, win_rates: vec![w] })
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let rep = report::ExperimentReport {
-        title: "activepref experiment — win rate vs the starting model".into(),
-        subtitle: format!("{} seed(s) per strategy; mean ± standard error across seeds", a.seeds),
-        cells,
-        notes: vec![],
-    };
-    let table = report::experiment_table(&rep);
-    println!("{table}");
-    std::fs::write(a.out.join("table.md"), &table)?;
-    std::fs::write(a.out.join("results.json"), serde_json::to_string_pretty(&rep)?)?;
-    std::fs::write(a.out.join("experiment.html"), report::render_experiment(&rep))?;
-    println!("Plot: {}", a.out.join("experiment.html").display());
+    let rep = plan.run(&base, &snippets, &mut |e| bars.handle(e))?;
+    bars.finish();
+    println!("{}", plan.write(&rep)?);
+    println!("Plot: {}", plan.plot().display());
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! `activepref serve` and `activepref annotators`: the web server over a run (the human labeling page, the
-//! live dashboard and their API; see `crates/serve/src/labeling.rs`) and, with `--openai`, OpenAI-compatible
+//! live dashboard and their API; see `crates/serve/src/labeling/`) and, with `--openai`, OpenAI-compatible
 //! `/v1` endpoints serving a model on the same listener.
 //!
 //! The server listens on loopback by default: the labeling page shows the run's prompts and completions, and
@@ -72,9 +72,9 @@ pub enum AnnotatorsAction {
     },
 }
 
-/// The configuration a run was started with (`DIR/config.toml`).
+/// The configuration a run was started with.
 fn run_config(dir: &std::path::Path) -> Result<apl::ActiveConfig> {
-    apl::ActiveConfig::from_toml_file(&apl::RunDir(dir.to_path_buf()).config())
+    apl::RunDir::new(dir).read_config()
 }
 
 /// Resolves `--addr` and refuses a non-loopback address without `--public`.
@@ -101,7 +101,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         bail!("nothing to serve: give --run DIR (the labeling app over a run) and/or --openai (a model at /v1)");
     }
     let addr = listen_addr(&a.addr, a.public)?;
-    let mut app = axum_router_none();
+    let mut app = ::serve::Server::new();
     let mut lines = Vec::new();
     if let Some(dir) = &a.run {
         let guidelines = match &a.guidelines {
@@ -110,9 +110,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             None => run_config(dir).ok().map(|c| c.oracle.guidelines).filter(|g| !g.trim().is_empty()),
         };
         let state = LabelingState::open(dir, Options { overlap: a.overlap, guidelines })?;
-        let store = apl::store::Store::open(&apl::RunDir(dir.clone()).store())?;
+        let store = apl::store::Store::open(&apl::RunDir::new(dir).store())?;
         let n = store.annotators()?.len();
-        app = app.merge(labeling::router(state));
+        app = app.with_labeling(state);
         lines.push(format!("labeling {}: http://{addr}/ (dashboard: http://{addr}/dashboard)", dir.display()));
         if n == 0 {
             lines.push(format!(
@@ -145,14 +145,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
                 } else {
                     ModelArgs { model: Some(PathBuf::from(&cfg.model)), device: a.model.device.clone() }.load()?
                 };
-                let model = if r == 0 {
-                    base
-                } else {
-                    let path = apl::RunDir(dir.clone()).policy(r);
-                    let t = candle_core::safetensors::load(&path, base.device())
-                        .map_err(|e| anyhow::anyhow!("{}: {e} (has round {r} finished training?)", path.display()))?;
-                    apl::active::policy_from_trainable(&base, cfg.train.lora.as_ref(), &t)?
-                };
+                let model = apl::policy::load_policy(&base, cfg.train.lora.as_ref(), &apl::RunDir::new(dir), r)?;
                 let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
                 (model, a.model_id.clone().unwrap_or_else(|| format!("{name}-round{r}")))
             }
@@ -160,7 +153,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         let state = ::serve::openai::OpenAiState::new(model, model_id.clone())
             .with_api_key(key)
             .with_max_waiting(a.max_waiting);
-        app = app.merge(::serve::openai::router(Arc::new(state)));
+        app = app.with_openai(Arc::new(state));
         lines.push(format!("OpenAI-compatible API: http://{addr}/v1 (model {model_id:?})"));
     }
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
@@ -168,12 +161,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         eprintln!("{l}");
     }
     eprintln!("Ctrl-C stops the server (labels are committed before the page says \"saved\").");
-    labeling::serve_blocking(listener, app, true)
-}
-
-/// An empty router to merge the served parts into (named so the CLI needs no direct axum dependency).
-fn axum_router_none() -> labeling::Router {
-    labeling::Router::new()
+    app.serve_blocking(listener, true)
 }
 
 pub fn annotators(action: AnnotatorsAction) -> Result<()> {
@@ -192,7 +180,7 @@ pub fn annotators(action: AnnotatorsAction) -> Result<()> {
             Ok(())
         }
         AnnotatorsAction::List { run } => {
-            let path = apl::RunDir(run.clone()).store();
+            let path = apl::RunDir::new(&run).store();
             if !path.is_file() {
                 bail!("no run store at {}", path.display());
             }

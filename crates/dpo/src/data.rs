@@ -14,11 +14,11 @@
 //! start). `max_prompt_length`, if set, first cuts the prompt to its last tokens. A pair whose completion
 //! would be left empty is skipped and counted.
 
+use crate::config::TrainConfig;
 use anyhow::{anyhow, bail, Context as _, Result};
 use lm::Tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::io::BufRead;
 use std::path::Path;
 
 /// One preference pair as text.
@@ -83,21 +83,8 @@ impl Skipped {
     }
 }
 
-/// TRL's prompt extraction for implicit-prompt string pairs.
-pub fn shared_prefix(a: &str, b: &str) -> usize {
-    let (ab, bb) = (a.as_bytes(), b.as_bytes());
-    let mut idx = 0;
-    while idx < ab.len() && idx < bb.len() && ab[idx] == bb[idx] {
-        idx += 1;
-    }
-    if idx < ab.len().min(bb.len()) && idx > 0 && ab[idx - 1] == b' ' {
-        idx -= 1;
-    }
-    while !a.is_char_boundary(idx) {
-        idx -= 1;
-    }
-    idx
-}
+/// TRL's prompt extraction for implicit-prompt string pairs (one copy, shared with the oracle).
+pub use rows::shared_prefix;
 
 fn messages(v: &Value) -> Option<&Vec<Value>> {
     v.as_array().filter(|a| a.iter().all(|m| m.get("role").is_some() && m.get("content").is_some()))
@@ -140,18 +127,9 @@ fn finish(path: &Path, out: Vec<TextPair>, skipped: Skipped) -> Result<(Vec<Text
 
 /// Reads a JSONL preference file; errors name `file:line`.
 pub fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<(Vec<TextPair>, Skipped)> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
     let mut skipped = Skipped::default();
-    for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
-        let n = i + 1;
-        let bytes = line.with_context(|| format!("reading {}", path.display()))?;
-        let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}:{n}: not valid UTF-8", path.display()))?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| anyhow!("{}:{n}: not valid JSON ({e})", path.display()))?;
+    for (n, v) in rows::json_lines(path)? {
         add_row(&v, n, &format!("{}:{n}", path.display()), tok, &mut out, &mut skipped)?;
     }
     finish(path, out, skipped)
@@ -287,4 +265,22 @@ pub fn tokenize(
         out.push(TokenPair { line: p.line, prompt: pr, chosen: c, rejected: r });
     }
     Ok(out)
+}
+
+/// Reads a preference file (JSONL, or Parquet by its `.parquet` extension) and tokenises it with `cfg`'s
+/// truncation (`max_length`, `max_prompt_length`, `truncation_mode`): the one call that turns a TRL
+/// preference dataset into training pairs. Rows skipped while reading or truncating are counted in the
+/// returned [`Skipped`]; a file with no pair left after truncation is an error (its cause chain holds the
+/// skip report).
+pub fn load_pairs(path: &Path, tok: &Tokenizer, cfg: &TrainConfig) -> Result<(Vec<TokenPair>, Skipped)> {
+    let (pairs, mut skipped) = read_preferences(path, tok)?;
+    let toks = tokenize(&pairs, tok, cfg.max_length, cfg.max_prompt_length, cfg.truncation_mode, &mut skipped)?;
+    if toks.is_empty() {
+        return Err(anyhow!("{}", skipped.describe(path)).context(format!(
+            "{}: no pairs left after truncation to max_length = {}",
+            path.display(),
+            cfg.max_length
+        )));
+    }
+    Ok((toks, skipped))
 }

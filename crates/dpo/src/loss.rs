@@ -1,7 +1,7 @@
 //! The DPO loss family. Each loss is one pure function from per-pair sequence log-probabilities to a
 //! per-pair loss `(B,)`; names and defaults follow TRL's `DPOConfig.loss_type` so configs carry over.
 //!
-//! Notation (as in TRL and apl-spec §10): `Lw`, `Ll` are the policy's summed completion log-probs of the
+//! Notation (as in TRL and docs/algorithm.md#losses): `Lw`, `Ll` are the policy's summed completion log-probs of the
 //! chosen and rejected completions, `Rw`, `Rl` the reference's; `lw = Lw − Rw`, `ll = Ll − Rl`, `h = lw − ll`;
 //! `|y|` a completion's token count; `σ` the logistic function. Everything is computed in f32 or wider.
 

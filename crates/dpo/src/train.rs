@@ -1,6 +1,8 @@
-//! The DPO trainer: batches of preference pairs through the policy (and, once, the reference), a loss
-//! from the family in `loss`, gradient accumulation and clipping, an optimizer step, TRL-named metrics,
-//! checkpoints, and exact resume.
+//! The DPO trainer and its loop: batches of preference pairs through the policy (and, once, the
+//! reference), a loss from the family in `loss`, gradient accumulation and clipping, an optimizer step,
+//! TRL-named metrics. Its settings live in [`crate::config`], its checkpoints and resume in
+//! [`crate::checkpoint`]; both are re-exported here so `dpo::train::{TrainConfig, latest_checkpoint, ...}`
+//! keep working.
 //!
 //! Reference log-probs are computed once per pair before training and cached (TRL's
 //! `precompute_ref_log_probs`), so no epoch runs a reference forward. With LoRA the reference is the base
@@ -8,139 +10,21 @@
 //! pairs, in which order) is a function of the seed, so a run resumed from a checkpoint ends exactly where
 //! the uninterrupted run ends.
 
-use crate::data::{TokenPair, Truncation};
-use crate::loss::{combined_loss, rewards, LossParams, LossType, PairLogps};
-use crate::optim::{clip_grads, learning_rate, Optimizer, OptimizerParams, Schedule};
+pub use crate::checkpoint::{find_checkpoint, latest_checkpoint};
+pub use crate::config::{LoraConfig, TrainConfig};
+
+use crate::data::TokenPair;
+use crate::loss::{combined_loss, rewards, LossParams, PairLogps};
+use crate::optim::{clip_grads, learning_rate, Optimizer};
 use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::{DType, Tensor, Var};
 use lm::score::completion_logprobs;
 use lm::LanguageModel;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// LoRA settings; `None` in [`TrainConfig::lora`] means full fine-tuning.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LoraConfig {
-    pub r: usize,
-    pub alpha: f64,
-    /// Layer names (`q_proj`, `v_proj`, `c_attn`, ...) or `all-linear`.
-    pub target_modules: Vec<String>,
-}
-
-impl Default for LoraConfig {
-    fn default() -> Self {
-        Self { r: 16, alpha: 32.0, target_modules: vec!["all-linear".into()] }
-    }
-}
-
-/// Every training setting, with defaults in one place (TRL's `DPOConfig` where it has one). Read from TOML.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TrainConfig {
-    /// Losses to sum (TRL `loss_type`), e.g. `["sigmoid"]` or `["sigmoid", "sft"]`.
-    pub loss_type: Vec<LossType>,
-    /// One weight per loss (default: all 1).
-    pub loss_weights: Option<Vec<f64>>,
-    pub loss: LossParams,
-    pub learning_rate: f64,
-    pub schedule: Schedule,
-    pub warmup_steps: u64,
-    pub epochs: usize,
-    /// Pairs per micro-batch.
-    pub batch_size: usize,
-    pub gradient_accumulation_steps: usize,
-    /// Clip the global gradient norm to this (0 or None = no clipping).
-    pub max_grad_norm: Option<f64>,
-    pub optimizer: OptimizerParams,
-    /// Tokens of prompt + completion kept per sequence.
-    pub max_length: usize,
-    pub max_prompt_length: Option<usize>,
-    pub truncation_mode: Truncation,
-    /// Cache reference log-probs once per pair (no reference forward during training).
-    pub precompute_ref_log_probs: bool,
-    pub lora: Option<LoraConfig>,
-    pub seed: u64,
-    /// Write metrics every this many optimizer steps.
-    pub logging_steps: u64,
-    /// Save a checkpoint every this many optimizer steps (and always at the end).
-    pub save_steps: Option<u64>,
-    /// Stop after this many optimizer steps (the schedule still spans all epochs).
-    pub max_steps: Option<u64>,
-    /// TR-DPO (Gorbatovski et al. 2024): every `ref_model_sync_steps`, π_ref ← α π + (1 − α) π_ref.
-    pub sync_ref_model: bool,
-    pub ref_model_mixup_alpha: f64,
-    pub ref_model_sync_steps: u64,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            loss_type: vec![LossType::Sigmoid],
-            loss_weights: None,
-            loss: LossParams::default(),
-            learning_rate: 1e-6,
-            schedule: Schedule::Linear,
-            warmup_steps: 0,
-            epochs: 1,
-            batch_size: 8,
-            gradient_accumulation_steps: 1,
-            max_grad_norm: Some(1.0),
-            optimizer: OptimizerParams::default(),
-            max_length: 1024,
-            max_prompt_length: None,
-            truncation_mode: Truncation::KeepStart,
-            precompute_ref_log_probs: true,
-            lora: None,
-            seed: 42,
-            logging_steps: 10,
-            save_steps: None,
-            max_steps: None,
-            sync_ref_model: false,
-            ref_model_mixup_alpha: 0.6,
-            ref_model_sync_steps: 512,
-        }
-    }
-}
-
-impl TrainConfig {
-    pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
-    }
-
-    fn weighted_losses(&self) -> Result<Vec<(LossType, f64)>> {
-        let w = match &self.loss_weights {
-            Some(w) if w.len() != self.loss_type.len() => {
-                bail!("loss_weights has {} entries for {} losses in loss_type", w.len(), self.loss_type.len())
-            }
-            Some(w) => w.clone(),
-            None => vec![1.0; self.loss_type.len()],
-        };
-        Ok(self.loss_type.iter().copied().zip(w).collect())
-    }
-
-    fn needs_reference(&self) -> bool {
-        self.loss_type.iter().any(|l| !l.reference_free())
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        if self.batch_size == 0 || self.gradient_accumulation_steps == 0 || self.epochs == 0 {
-            bail!("batch_size, gradient_accumulation_steps and epochs must be at least 1");
-        }
-        if self.loss.beta <= 0.0 {
-            bail!("loss.beta must be positive, got {}", self.loss.beta);
-        }
-        if self.sync_ref_model && self.precompute_ref_log_probs {
-            bail!("sync_ref_model changes the reference during training; set precompute_ref_log_probs = false");
-        }
-        self.weighted_losses().map(|_| ())
-    }
-}
 
 /// What the trainer reports after each optimizer step (for progress bars).
 #[derive(Debug, Clone)]
@@ -240,11 +124,11 @@ pub struct Trainer {
     pub cfg: TrainConfig,
     pub policy: LanguageModel,
     reference: Option<LanguageModel>,
-    vars: Vec<(String, Var)>,
-    opt: Optimizer,
+    pub(crate) vars: Vec<(String, Var)>,
+    pub(crate) opt: Optimizer,
     train: Vec<TokenPair>,
     eval: Vec<TokenPair>,
-    ref_train: Option<Vec<(f32, f32)>>,
+    pub(crate) ref_train: Option<Vec<(f32, f32)>>,
     ref_eval: Option<Vec<(f32, f32)>>,
     pub out: PathBuf,
     pub step: u64,
@@ -490,114 +374,6 @@ impl Trainer {
         self.reference = Some(r.with_params(p)?);
         Ok(())
     }
-
-    fn checkpoint_dir(&self) -> PathBuf {
-        self.out.join(format!("checkpoint-{}", self.step))
-    }
-
-    /// Trainable tensors, optimizer state and trainer state; for full fine-tuning also a loadable HF model.
-    pub fn save_checkpoint(&self) -> Result<()> {
-        let dir = self.checkpoint_dir();
-        let tmp = self.out.join(format!(".checkpoint-{}.partial", self.step));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        let trainable: HashMap<String, Tensor> =
-            self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
-        candle_core::safetensors::save(&trainable, tmp.join("trainable.safetensors"))?;
-        let opt: HashMap<String, Tensor> = self.opt.state().into_iter().collect();
-        candle_core::safetensors::save(&opt, tmp.join("optimizer.safetensors"))?;
-        let state = json!({"step": self.step, "total_steps": self.total_steps(), "optimizer_t": self.opt.t,
-            "config": self.cfg, "trainable": self.trainable_names()});
-        std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
-        if let Some(r) = &self.ref_train {
-            std::fs::write(tmp.join("ref_logps.json"), serde_json::to_string(r)?)?;
-        }
-        if self.cfg.lora.is_some() {
-            self.save_adapter(&tmp)?;
-        } else {
-            self.policy.save(&tmp)?;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).with_context(|| format!("moving the checkpoint to {}", dir.display()))?;
-        Ok(())
-    }
-
-    /// PEFT-style adapter files: `adapter_model.safetensors` and `adapter_config.json`.
-    fn save_adapter(&self, dir: &Path) -> Result<()> {
-        let l = self.cfg.lora.as_ref().unwrap();
-        let t: HashMap<String, Tensor> =
-            self.vars.iter().map(|(n, v)| (format!("base_model.model.{n}"), v.as_tensor().detach())).collect();
-        candle_core::safetensors::save(&t, dir.join("adapter_model.safetensors"))?;
-        let modules: Vec<String> = self.policy.lora_targets(&l.target_modules);
-        let cfg = json!({"peft_type": "LORA", "r": l.r, "lora_alpha": l.alpha, "target_modules": modules,
-            "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"});
-        std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?)?;
-        Ok(())
-    }
-
-    /// The trained model as an HF directory in `final/` (adapters merged), loadable by `generate`.
-    pub fn save_final(&self) -> Result<()> {
-        let dir = self.out.join("final");
-        let merged = self.policy.with_params(self.policy.merged_params()?)?;
-        merged.save(&dir)?;
-        if self.cfg.lora.is_some() {
-            self.save_adapter(&dir)?;
-        }
-        Ok(())
-    }
-
-    /// Continues from a checkpoint written by [`Trainer::save_checkpoint`].
-    pub fn resume(&mut self, ckpt: &Path) -> Result<()> {
-        let state_path = ckpt.join("trainer_state.json");
-        let state: Value = serde_json::from_str(
-            &std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
-        )
-        .with_context(|| format!("{}: not valid JSON", state_path.display()))?;
-        let step = state["step"].as_u64().ok_or_else(|| anyhow!("{}: `step` is missing", state_path.display()))?;
-        let t_path = ckpt.join("trainable.safetensors");
-        let t = candle_core::safetensors::load(&t_path, self.policy.device())
-            .map_err(|e| anyhow!("{}: {e}", t_path.display()))?;
-        for (name, v) in &self.vars {
-            let x = t.get(name).ok_or_else(|| anyhow!("{}: tensor `{name}` is missing", t_path.display()))?;
-            if x.dims() != v.dims() {
-                bail!("{}: tensor `{name}` has shape {:?}, the run has {:?}", t_path.display(), x.dims(), v.dims());
-            }
-            v.set(&x.to_dtype(v.dtype())?)?;
-        }
-        let o_path = ckpt.join("optimizer.safetensors");
-        let o = candle_core::safetensors::load(&o_path, self.policy.device())
-            .map_err(|e| anyhow!("{}: {e}", o_path.display()))?;
-        self.opt.load_state(state["optimizer_t"].as_u64().unwrap_or(step), &o)?;
-        // The checkpoint's reference log-probs must match this run's: otherwise the data, its order or the
-        // model changed since, and continuing would silently train on something else.
-        let r_path = ckpt.join("ref_logps.json");
-        if let (Ok(text), Some(now)) = (std::fs::read_to_string(&r_path), &self.ref_train) {
-            let then: Vec<(f32, f32)> =
-                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", r_path.display()))?;
-            let same = then.len() == now.len()
-                && then.iter().zip(now).all(|(a, b)| (a.0 - b.0).abs() < 1e-3 && (a.1 - b.1).abs() < 1e-3);
-            if !same {
-                bail!(
-                    "{}: the checkpoint was made with other training data or another model \
-                     (its cached reference log-probs differ from this run's)",
-                    ckpt.display()
-                );
-            }
-        }
-        self.step = step;
-        // Drop metric lines logged after the checkpoint so the file reads like one run.
-        let mpath = self.out.join("metrics.jsonl");
-        if let Ok(text) = std::fs::read_to_string(&mpath) {
-            let kept: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)
-                })
-                .collect();
-            std::fs::write(&mpath, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-        }
-        Ok(())
-    }
 }
 
 fn detach(x: &PairLogps) -> PairLogps {
@@ -609,17 +385,4 @@ fn detach(x: &PairLogps) -> PairLogps {
         chosen_len: x.chosen_len.clone(),
         rejected_len: x.rejected_len.clone(),
     }
-}
-
-/// The latest `checkpoint-N` directory under `out`, if any.
-pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(out)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()).map(|n| (n, e.path()))
-        })
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, p)| p)
 }

@@ -1,6 +1,7 @@
 //! Reading TRL preference files: explicit, implicit and conversational rows, truncation, and bad rows.
 
-use dpo::data::{read_jsonl, shared_prefix, tokenize, Skipped, Truncation};
+use dpo::data::{load_pairs, read_jsonl, shared_prefix, tokenize, Skipped, Truncation};
+use dpo::train::TrainConfig;
 use lm::Tokenizer;
 
 fn tok() -> Tokenizer {
@@ -139,4 +140,55 @@ fn reads_parquet_written_by_pyarrow() {
     let bogus = write(d.path(), "bogus.parquet", b"PAR1 not really");
     let e = dpo::data::read_preferences(&bogus, &t).unwrap_err().to_string();
     assert!(e.contains("bogus.parquet") && e.contains("not a readable Parquet file"), "{e}");
+}
+
+/// `load_pairs` reads Parquet through the same path as JSONL: the same rows give the same token pairs, with
+/// the config's truncation applied and skips counted alike.
+#[test]
+fn load_pairs_reads_parquet_like_the_equivalent_jsonl() {
+    let t = tok();
+    let d = tempfile::tempdir().unwrap();
+    let explicit = write(
+        d.path(),
+        "explicit.jsonl",
+        concat!(
+            "{\"prompt\": \"Q:\", \"chosen\": \" yes\", \"rejected\": \" no\", \"extra\": 1}\n",
+            "{\"prompt\": \"The film was\", \"chosen\": \" great\", \"rejected\": \" awful\", \"extra\": 2}\n",
+            "{\"prompt\": \"dup\", \"chosen\": \" same\", \"rejected\": \" same\", \"extra\": 3}\n",
+        )
+        .as_bytes(),
+    );
+    let conv = write(
+        d.path(),
+        "conversational.jsonl",
+        concat!(
+            "{\"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], ",
+            "\"chosen\": [{\"role\": \"assistant\", \"content\": \"hello\"}], ",
+            "\"rejected\": [{\"role\": \"assistant\", \"content\": \"go away\"}]}\n",
+        )
+        .as_bytes(),
+    );
+    let full = TrainConfig::default();
+    let short = TrainConfig { max_length: 16, truncation_mode: Truncation::KeepEnd, ..Default::default() };
+    for (parquet, jsonl) in [
+        ("explicit.snappy.parquet", &explicit),
+        ("explicit.zstd.parquet", &explicit),
+        ("conversational.parquet", &conv),
+    ] {
+        for cfg in [&full, &short] {
+            let (from_parquet, skipped_parquet) = load_pairs(&fixture(parquet), &t, cfg).unwrap();
+            let (from_jsonl, skipped_jsonl) = load_pairs(jsonl, &t, cfg).unwrap();
+            assert!(!from_parquet.is_empty(), "{parquet}");
+            assert_eq!(from_parquet, from_jsonl, "{parquet} (max_length {})", cfg.max_length);
+            assert_eq!(skipped_parquet, skipped_jsonl, "{parquet}");
+        }
+    }
+    let (pairs, skipped) = load_pairs(&fixture("explicit.snappy.parquet"), &t, &full).unwrap();
+    assert_eq!((pairs.len(), skipped.identical.clone()), (2, vec![3]));
+    assert_eq!(t.decode(&pairs[1].chosen, false).unwrap(), " great");
+    // Truncation that leaves nothing is an error naming the file and max_length.
+    let none = TrainConfig { max_length: 2, ..Default::default() };
+    let e = load_pairs(&explicit, &t, &none).unwrap_err();
+    assert_eq!(e.to_string(), format!("{}: no pairs left after truncation to max_length = 2", explicit.display()));
+    assert!(format!("{e:#}").contains("whose completion is empty after truncation"), "{e:#}");
 }

@@ -35,7 +35,7 @@ fn sg(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// The formula of each loss for pair i, transcribed from the papers (apl-spec §10).
+/// The formula of each loss for pair i, transcribed from the papers (docs/algorithm.md#losses).
 fn reference(kind: LossType, p: &LossParams, i: usize) -> f64 {
     let (b, e) = (p.beta, p.label_smoothing);
     let (lw, ll) = (LW[i] - RW[i], LL[i] - RL[i]);

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use dpo::data::TokenPair;
 use dpo::loss::LossType;
 use dpo::optim::{OptimizerKind, OptimizerParams, Schedule};
-use dpo::train::{latest_checkpoint, LoraConfig, TrainConfig, Trainer};
+use dpo::train::{find_checkpoint, latest_checkpoint, LoraConfig, TrainConfig, Trainer};
 use lm::testing::tiny_model;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -276,4 +276,43 @@ fn same_seed_same_run_and_tr_dpo_sync_moves_the_reference() {
     assert_ne!(plain, run(false, 2), "the seed changed nothing");
     // With the reference pulled toward the policy after every step, the DPO gradients change.
     assert_ne!(plain, run(true, 1), "TR-DPO sync had no effect");
+}
+
+#[test]
+fn find_checkpoint_resolves_resume_and_names_what_is_missing() {
+    let out = tempfile::tempdir().unwrap();
+    let e = find_checkpoint(out.path(), None).unwrap_err().to_string();
+    assert_eq!(e, format!("--resume: no checkpoint-N directory in {}", out.path().display()));
+    let empty = out.path().join("elsewhere");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = find_checkpoint(out.path(), Some(&empty)).unwrap_err().to_string();
+    assert_eq!(e, format!("--resume {}: not a checkpoint and holds none", empty.display()));
+    // The latest checkpoint under `out` (by number, not by name), a checkpoint given directly, or the
+    // latest one under a given directory.
+    for n in [2, 10] {
+        let c = out.path().join(format!("checkpoint-{n}"));
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(c.join("trainer_state.json"), "{}").unwrap();
+    }
+    let ten = out.path().join("checkpoint-10");
+    assert_eq!(find_checkpoint(out.path(), None).unwrap(), ten);
+    let two = out.path().join("checkpoint-2");
+    assert_eq!(find_checkpoint(&empty, Some(&two)).unwrap(), two);
+    assert_eq!(find_checkpoint(&empty, Some(out.path())).unwrap(), ten);
+}
+
+#[test]
+fn resume_latest_continues_from_the_last_checkpoint_in_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = |c: TrainConfig| {
+        Trainer::new(c, tiny_model("llama", 1, DType::F32).unwrap(), synthetic(16, 1), vec![], dir.path(), |_, _, _| {})
+            .unwrap()
+    };
+    let mut fresh = new(cfg());
+    assert_eq!(fresh.resume_latest().unwrap(), None, "nothing to resume in an empty directory");
+    assert_eq!(fresh.step, 0);
+    new(TrainConfig { max_steps: Some(1), ..cfg() }).run(|_| {}).unwrap();
+    let mut again = new(cfg());
+    assert_eq!(again.resume_latest().unwrap(), Some(dir.path().join("checkpoint-1")));
+    assert_eq!(again.step, 1);
 }

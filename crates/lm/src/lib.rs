@@ -12,7 +12,7 @@ pub mod score;
 pub mod testing;
 pub mod tokenizer;
 
-pub use arch::layers::{Context, KvCache};
+pub use arch::layers::{KvCache, Positions};
 pub use config::{Arch, ModelConfig};
 pub use model::LanguageModel;
 pub use params::Params;

@@ -1,7 +1,7 @@
 //! `LanguageModel`: an architecture, its weights and its tokenizer behind one type, loaded from an HF
 //! safetensors directory or a GGUF file and saved as an HF safetensors directory.
 
-use crate::arch::layers::{Context, KvCache};
+use crate::arch::layers::{KvCache, Positions};
 use crate::arch::{gemma3::Gemma3, gpt2::Gpt2, llama::Llama};
 use crate::config::{Arch, ModelConfig};
 use crate::params::Params;
@@ -70,7 +70,7 @@ impl LanguageModel {
     }
 
     /// Final hidden states `(B, T, d)` for token ids `(B, T)`.
-    pub fn hidden(&self, ids: &Tensor, ctx: &Context, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, ctx: &Positions, cache: Option<&mut KvCache>) -> Result<Tensor> {
         match &self.net {
             Net::Gpt2(m) => m.hidden(ids, ctx, cache),
             Net::Llama(m) => m.hidden(ids, ctx, cache),
@@ -89,7 +89,7 @@ impl LanguageModel {
 
     /// Logits `(B, T, V)` for a fresh batch of right-padded (or unpadded) sequences.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let h = self.hidden(ids, &Context::fresh(ids.dim(0)?), None)?;
+        let h = self.hidden(ids, &Positions::fresh(ids.dim(0)?), None)?;
         self.logits(&h)
     }
 

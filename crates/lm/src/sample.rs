@@ -4,7 +4,7 @@
 //! gives the same text whatever the batch size. Sampling runs without an autograd graph (the weights are
 //! plain tensors unless the caller made them trainable).
 
-use crate::arch::layers::Context;
+use crate::arch::layers::Positions;
 use crate::model::LanguageModel;
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
@@ -210,7 +210,7 @@ fn generate_batch(
         ids.extend_from_slice(p);
     }
     let mut input = Tensor::from_vec(ids, (b, t0), &dev)?;
-    let mut ctx = Context { start: 0, left_pad };
+    let mut ctx = Positions { start: 0, left_pad };
     let mut cache = model.new_cache();
     // Rows still generating, as indices into `samples`; the cache holds exactly these rows.
     let mut active: Vec<usize> = (0..b).collect();

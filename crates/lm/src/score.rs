@@ -60,7 +60,7 @@ pub fn completion_logprobs(model: &LanguageModel, items: &[(Vec<u32>, Vec<u32>)]
         }
     }
     let ids = Tensor::from_vec(ids, (b, l), &dev)?.narrow(1, 0, l - 1)?; // (B, L-1): the last token predicts nothing
-    let hidden = model.hidden(&ids, &crate::Context::fresh(b), None)?; // (B, L-1, d)
+    let hidden = model.hidden(&ids, &crate::Positions::fresh(b), None)?; // (B, L-1, d)
     let hidden = hidden.narrow(1, first, width)?; // (B, W, d)
                                                   // Log-softmax and sums in f32 at least (f64 models stay f64 for gradient checks).
     let acc = if model.dtype() == DType::F64 { DType::F64 } else { DType::F32 };

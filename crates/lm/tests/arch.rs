@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use lm::score::completion_logprobs;
 use lm::testing::{tiny_model, TINY_KINDS};
-use lm::{Context, LanguageModel};
+use lm::{LanguageModel, Positions};
 
 fn ids(b: usize, t: usize, seed: usize) -> Vec<Vec<u32>> {
     (0..b).map(|i| (0..t).map(|j| ((i * 37 + j * 11 + seed * 7) % 255) as u32).collect()).collect()
@@ -100,7 +100,7 @@ fn kv_cache_decoding_equals_the_full_forward() {
         let full = m.forward(&batch_tensor(&rows)).unwrap(); // (B, T, V)
                                                              // Prefill 6 tokens, then one token at a time.
         let mut cache = m.new_cache();
-        let mut ctx = Context::fresh(2);
+        let mut ctx = Positions::fresh(2);
         let pre: Vec<Vec<u32>> = rows.iter().map(|r| r[..6].to_vec()).collect();
         let mut steps = vec![m.logits(&m.hidden(&batch_tensor(&pre), &ctx, Some(&mut cache)).unwrap()).unwrap()];
         ctx.start = 6;
@@ -125,7 +125,7 @@ fn left_padding_does_not_change_a_row() {
         let mut padded = vec![0u32; 3];
         padded.extend(&short);
         let other = ids(1, 10, 2)[0].clone();
-        let ctx = Context { start: 0, left_pad: vec![3, 0] };
+        let ctx = Positions { start: 0, left_pad: vec![3, 0] };
         let h = m.hidden(&batch_tensor(&[padded, other]), &ctx, None).unwrap();
         let got = m.logits(&h).unwrap().narrow(0, 0, 1).unwrap().narrow(1, 3, 7).unwrap();
         let d = max_abs_diff(&alone, &got);

@@ -8,8 +8,8 @@
 //! Reads TRL's JSONL preference formats with text fields:
 //! - explicit prompt: `{"prompt": str, "chosen": str, "rejected": str}`;
 //! - implicit prompt: `{"chosen": str, "rejected": str}`, the prompt being their longest shared prefix,
-//!   backed off to before a space so the space stays with the completions (TRL's `extract_prompt`, and the
-//!   same rule as `dpo::data::shared_prefix`, so both crates split a row the same way).
+//!   backed off to before a space so the space stays with the completions (TRL's `extract_prompt`). The rule
+//!   lives in the `rows` crate ([`shared_prefix`]), so every reader of such files splits a row the same way.
 //!
 //! Other keys are ignored. Conversational rows (lists of messages) are refused: comparing them as text would
 //! need the model's chat template, which this crate does not know.
@@ -18,11 +18,12 @@
 //! once, the answer is the majority of its rows; a tie between rows that disagree is no preference.
 
 use crate::{Answer, Comparison, Oracle};
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
+
+pub use rows::shared_prefix;
 
 /// A preference file as an [`Oracle`].
 pub struct DatasetOracle {
@@ -39,19 +40,10 @@ pub struct DatasetOracle {
 impl DatasetOracle {
     /// Reads a JSONL preference file. Errors name the file, the 1-based line and the field.
     pub fn open(path: &Path) -> Result<Self> {
-        let f = std::fs::File::open(path).with_context(|| format!("opening preference file {}", path.display()))?;
         let mut oracle =
             Self { path: path.to_path_buf(), pairs: Vec::new(), votes: HashMap::new(), skipped_identical: Vec::new() };
-        for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
-            let n = i + 1;
-            let loc = format!("{}:{n}", path.display());
-            let bytes = line.with_context(|| format!("reading {}", path.display()))?;
-            let text = String::from_utf8(bytes).map_err(|_| anyhow!("{loc}: not valid UTF-8"))?;
-            if text.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{loc}: not valid JSON ({e})"))?;
-            let (prompt, chosen, rejected) = parse_row(&v).map_err(|e| anyhow!("{loc}: {e}"))?;
+        for (n, v) in rows::json_lines(path)? {
+            let (prompt, chosen, rejected) = parse_row(&v).map_err(|e| anyhow!("{}:{n}: {e}", path.display()))?;
             oracle.add(n, prompt, chosen, rejected);
         }
         if oracle.pairs.is_empty() {
@@ -152,19 +144,4 @@ fn kind(v: &Value) -> &'static str {
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
     }
-}
-
-/// Byte length of the implicit prompt of two texts: their longest shared prefix, minus a final space when
-/// both continue after it (so " good" and " bad" keep their leading space), on a char boundary. The same
-/// rule as TRL's `extract_prompt` and `dpo::data::shared_prefix`.
-pub fn shared_prefix(a: &str, b: &str) -> usize {
-    let (ab, bb) = (a.as_bytes(), b.as_bytes());
-    let mut idx = ab.iter().zip(bb).take_while(|(x, y)| x == y).count();
-    if idx < ab.len().min(bb.len()) && idx > 0 && ab[idx - 1] == b' ' {
-        idx -= 1;
-    }
-    while !a.is_char_boundary(idx) {
-        idx -= 1;
-    }
-    idx
 }

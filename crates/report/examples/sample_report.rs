@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Output: `target/report-example.html` (one run) and `target/report-experiment-example.html` (strategies × seeds,
-//! with the IMDB means of the paper's table, apl-spec §8, and made-up seed noise).
+//! with the IMDB means of the paper's table, docs/algorithm.md#the-papers-results, and made-up seed noise).
 
 use report::{
     render_experiment, render_run, AcquiredPoint, AcquisitionRound, Cell, ExperimentReport, RoundSummary, RunReport,
@@ -143,8 +143,8 @@ fn sample_run(n_rounds: usize) -> RunReport {
         },
     ];
     r.notes = vec![
-        "Round 1 acquisition: π = π_ref, so every p̂ is 0.5 and certainty ties are broken by candidate order \
-         (apl-spec §2, quirk 2)."
+        "Round 1 acquisition: π = π_ref, so every p̂ is 0.5 and certainty ties are broken by a seeded shuffle \
+         (docs/algorithm.md#the-first-round)."
             .into(),
         "Synthetic data: this page was written by examples/sample_report.rs to preview the layout.".into(),
     ];
@@ -153,7 +153,7 @@ fn sample_run(n_rounds: usize) -> RunReport {
 
 fn sample_experiment() -> ExperimentReport {
     let mut rng = Rng(11);
-    // IMDB means and s.e. from the paper's table (apl-spec §8); seeds are drawn around them.
+    // IMDB means and s.e. from the paper's table (docs/algorithm.md#the-papers-results); seeds are drawn around them.
     let table = [
         ("Random", 9, [(67.0, 1.2), (76.1, 0.9), (84.6, 0.5), (88.2, 0.4)]),
         ("Entropy", 6, [(68.2, 1.1), (73.8, 0.9), (84.1, 0.9), (89.0, 0.4)]),

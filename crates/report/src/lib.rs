@@ -137,7 +137,7 @@ pub struct SampleRow {
     pub winner: String,
 }
 
-/// Results of several strategies × seeds, as in the paper's headline table (apl-spec §8).
+/// Results of several strategies × seeds, as in the paper's headline table (docs/algorithm.md#the-papers-results).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(default)]
 pub struct ExperimentReport {

@@ -58,7 +58,7 @@ fn start(dir: &Path, opts: Options) -> String {
     let app = labeling::router(state);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || labeling::serve_blocking(listener, app, false).unwrap());
+    std::thread::spawn(move || serve::serve_blocking(listener, app, false).unwrap());
     url
 }
 
@@ -611,18 +611,6 @@ fn the_cli_helpers_refuse_a_missing_run_and_duplicate_names() {
     assert!(e.to_string().contains("--overlap"), "{e}");
 }
 
-/// Prefers the text with more letters `e` (a stand-in evaluation oracle for the tiny model's byte gibberish).
-struct LetterE;
-impl oracle::Scorer for LetterE {
-    fn name(&self) -> String {
-        "letter-e".into()
-    }
-    fn score(&self, text: &str) -> f64 {
-        let h = text.bytes().fold(7u64, |h, x| h.wrapping_mul(31).wrapping_add(x as u64));
-        text.matches('e').count() as f64 + (h % 1000) as f64 / 2000.0
-    }
-}
-
 #[test]
 fn the_human_loop_trains_on_labels_from_the_web_app() {
     use apl::config::OracleKind;
@@ -632,27 +620,18 @@ fn the_human_loop_trains_on_labels_from_the_web_app() {
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let mut c = ActiveConfig { seed: 3, ..Default::default() };
-    c.prompts.min_tokens = 4;
-    c.prompts.max_tokens = 8;
-    c.prompts.min_source_tokens = 10;
-    c.generation.min_new_tokens = 4;
-    c.generation.max_new_tokens = 8;
-    c.generation.batch_size = 8;
+    let mut c = apl::testing::tiny_config(3);
     c.acquisition.strategy = apl::config::Strategy::Random;
     c.rounds.labels_per_round = 3;
-    c.rounds.rounds = 2;
     c.eval.prompts = 4;
     c.eval.oracle = Some(OracleKind::Vader);
     c.train.epochs = 1;
-    c.train.batch_size = 2;
     c.oracle.kind = OracleKind::Human;
     c.oracle.poll_seconds = 0.02;
-    let texts: Vec<String> =
-        (0..60).map(|i| format!("the movie number {i} was seen by everyone here, and then")).collect();
+    let texts = apl::testing::movie_texts(60);
 
     let mut ev = |_e: Event| {};
-    let eval = Some(Box::new(oracle::ScoreOracle(LetterE)) as Box<dyn oracle::Oracle>);
+    let eval = Some(Box::new(oracle::ScoreOracle(apl::testing::LetterE)) as Box<dyn oracle::Oracle>);
     let model = lm::testing::tiny_model("llama", 1, candle_core::DType::F32).unwrap();
     let human = OracleHandle::Human { poll: Duration::from_millis(20) };
     let mut run = ActiveLoop::open(c, &dir, model, human, eval, &mut ev).unwrap();

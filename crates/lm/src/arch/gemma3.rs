@@ -8,7 +8,7 @@
 //! Tensor names follow HF `Gemma3ForCausalLM`.
 
 use super::layers::{
-    apply_rope, attention, gelu_tanh, merge_heads, split_heads, Context, KvCache, Linear, RmsNorm, Rope,
+    apply_rope, attention, gelu_tanh, merge_heads, split_heads, KvCache, Linear, Positions, RmsNorm, Rope,
 };
 use crate::config::ModelConfig;
 use crate::params::Params;
@@ -85,7 +85,7 @@ impl Gemma3 {
         })
     }
 
-    pub fn hidden(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, ctx: &Positions, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let hd = cfg.head_dim;

@@ -5,7 +5,7 @@
 //! projections as `Conv1D` with weights `(in, out)`; the loader transposes them so that here every
 //! projection is `(out, in)` like any other linear layer.
 
-use super::layers::{attention, gelu_tanh, merge_heads, split_heads, Context, KvCache, LayerNorm, Linear};
+use super::layers::{attention, gelu_tanh, merge_heads, split_heads, KvCache, LayerNorm, Linear, Positions};
 use crate::config::ModelConfig;
 use crate::params::Params;
 use anyhow::{bail, Result};
@@ -72,7 +72,7 @@ impl Gpt2 {
         })
     }
 
-    pub fn hidden(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, ctx: &Positions, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let (d, h, hd) = (cfg.hidden_size, cfg.num_heads, cfg.head_dim);

@@ -267,12 +267,12 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// Where a forward pass sits in each sequence: `start` tokens are already in the KV cache, and row
 /// `b` has `left_pad[b]` padding tokens at its start (batched generation left-pads prompts).
 #[derive(Debug, Clone, Default)]
-pub struct Context {
+pub struct Positions {
     pub start: usize,
     pub left_pad: Vec<usize>,
 }
 
-impl Context {
+impl Positions {
     pub fn fresh(batch: usize) -> Self {
         Self { start: 0, left_pad: vec![0; batch] }
     }

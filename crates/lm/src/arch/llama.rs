@@ -5,7 +5,7 @@
 //! pre-norm RMSNorm, SwiGLU MLP (Shazeer 2020), rotary embeddings (Su et al. 2021).
 //! Tensor names follow HF `LlamaForCausalLM`.
 
-use super::layers::{apply_rope, attention, merge_heads, split_heads, Context, KvCache, Linear, RmsNorm, Rope};
+use super::layers::{apply_rope, attention, merge_heads, split_heads, KvCache, Linear, Positions, RmsNorm, Rope};
 use crate::config::ModelConfig;
 use crate::params::Params;
 use anyhow::Result;
@@ -73,7 +73,7 @@ impl Llama {
     }
 
     /// Final hidden states `(B, T, d)` after the last norm.
-    pub fn hidden(&self, ids: &Tensor, ctx: &Context, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden(&self, ids: &Tensor, ctx: &Positions, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let cfg = &self.cfg;
         let hd = cfg.head_dim;

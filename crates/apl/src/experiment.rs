@@ -1,0 +1,102 @@
+//! Experiments: every strategy × seed as its own resumable run under one directory, summarised as the
+//! paper's headline table (win rate against the starting model per label count, mean ± s.e. across seeds)
+//! and a plot of win rate against labels.
+//!
+//! Each run is an ordinary run directory (`<strategy>-seed<N>`), so an experiment stopped at any point and
+//! started again resumes every unfinished run and reuses every finished one.
+
+use crate::active::ActiveLoop;
+use crate::config::{ActiveConfig, OracleKind, Strategy};
+use crate::event::Event;
+use crate::run_dir::write_atomic;
+use anyhow::{bail, Context as _, Result};
+use lm::LanguageModel;
+use std::path::{Path, PathBuf};
+
+/// What to run: the strategies to compare, the seeds of each, and where.
+pub struct Experiment {
+    /// The loop configuration; its strategy and seed are replaced per run.
+    pub cfg: ActiveConfig,
+    pub strategies: Vec<Strategy>,
+    /// Seeds 0..seeds for every strategy.
+    pub seeds: u64,
+    pub out: PathBuf,
+}
+
+impl Experiment {
+    /// Checks the plan before any work: at least one strategy (comma-separated names) and one seed, and an
+    /// automatic oracle (a person would be asked for every run's labels).
+    pub fn new(cfg: ActiveConfig, strategies: &str, seeds: u64, out: &Path) -> Result<Self> {
+        let strategies: Vec<Strategy> =
+            strategies.split(',').filter(|s| !s.trim().is_empty()).map(Strategy::parse).collect::<Result<_>>()?;
+        if strategies.is_empty() || seeds == 0 {
+            bail!("--strategies and --seeds must name at least one strategy and one seed");
+        }
+        if cfg.oracle.kind == OracleKind::Human {
+            bail!("experiments need an automatic oracle (oracle.kind = human would wait for people in every run)");
+        }
+        Ok(Self { cfg, strategies, seeds, out: out.to_path_buf() })
+    }
+
+    /// The run directory of one strategy and seed.
+    pub fn run_dir(&self, strategy: Strategy, seed: u64) -> PathBuf {
+        self.out.join(format!("{}-seed{seed}", strategy.name()))
+    }
+
+    /// Runs (or resumes) every strategy × seed from copies of `base`, each set up as
+    /// [`ActiveLoop::prepare`] does with the movie `snippets`; returns the table and plot data. Each run
+    /// starts with an [`Event::Stage`] naming it.
+    pub fn run(
+        &self,
+        base: &LanguageModel,
+        snippets: &Path,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<::report::ExperimentReport> {
+        std::fs::create_dir_all(&self.out).with_context(|| format!("creating {}", self.out.display()))?;
+        let mut cells: Vec<::report::Cell> = Vec::new();
+        for &s in &self.strategies {
+            for seed in 0..self.seeds {
+                let mut c = self.cfg.clone();
+                c.acquisition.strategy = s;
+                c.seed = seed;
+                let dir = self.run_dir(s, seed);
+                events(Event::Stage(format!("{} seed {seed} ({})", s.name(), dir.display())));
+                let copy = base.with_params(base.params.clone())?;
+                let res = ActiveLoop::prepare(c, &dir, copy, snippets, &mut *events)?.run()?;
+                for r in res {
+                    if let Some(w) = r.win_rate {
+                        match cells.iter_mut().find(|x| x.strategy == s.name() && x.labels == r.labels) {
+                            Some(x) => x.win_rates.push(w),
+                            None => cells.push(::report::Cell {
+                                strategy: s.name().into(),
+                                labels: r.labels,
+                                win_rates: vec![w],
+                            }),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(::report::ExperimentReport {
+            title: "activepref experiment — win rate vs the starting model".into(),
+            subtitle: format!("{} seed(s) per strategy; mean ± standard error across seeds", self.seeds),
+            cells,
+            notes: vec![],
+        })
+    }
+
+    /// Writes `table.md`, `results.json` and `experiment.html` into the experiment directory; returns the
+    /// table as text.
+    pub fn write(&self, rep: &::report::ExperimentReport) -> Result<String> {
+        let table = ::report::experiment_table(rep);
+        write_atomic(&self.out.join("table.md"), table.as_bytes())?;
+        write_atomic(&self.out.join("results.json"), serde_json::to_string_pretty(rep)?.as_bytes())?;
+        write_atomic(&self.out.join("experiment.html"), ::report::render_experiment(rep).as_bytes())?;
+        Ok(table)
+    }
+
+    /// Where the plot is.
+    pub fn plot(&self) -> PathBuf {
+        self.out.join("experiment.html")
+    }
+}

@@ -1,0 +1,62 @@
+//! A round's policy as a plain model: the starting model with the round's trainable tensors (LoRA A/B merged
+//! in, or full weights) put back. The loop samples and evaluates with it, and `activepref serve --round N`
+//! serves it; both load it here, so a policy means the same thing everywhere.
+
+use crate::run_dir::RunDir;
+use anyhow::{anyhow, bail, Result};
+use candle_core::Tensor;
+use dpo::train::LoraConfig;
+use lm::LanguageModel;
+use std::collections::HashMap;
+
+/// The policy after `round` rounds of the run in `dir` (0 = the starting model `base` itself, copied).
+pub fn load_policy(
+    base: &LanguageModel,
+    lora: Option<&LoraConfig>,
+    dir: &RunDir,
+    round: usize,
+) -> Result<LanguageModel> {
+    if round == 0 {
+        return base.with_params(base.params.clone());
+    }
+    policy_from_trainable(base, lora, &load_trainable(base, dir, round)?)
+}
+
+/// The trainable tensors saved after `round` (what `retrain = "continue"` starts the next round from).
+pub fn load_trainable(base: &LanguageModel, dir: &RunDir, round: usize) -> Result<HashMap<String, Tensor>> {
+    let path = dir.policy(round);
+    if !path.exists() {
+        bail!("{}: no such file (round {round} has not finished training)", path.display());
+    }
+    candle_core::safetensors::load(&path, base.device())
+        .map_err(|e| anyhow!("{}: {e} (delete round-{round} to retrain it)", path.display()))
+}
+
+/// A plain model from the base and a round's trainable tensors (LoRA A/B merged in, or full weights).
+pub fn policy_from_trainable(
+    base: &LanguageModel,
+    lora: Option<&LoraConfig>,
+    t: &HashMap<String, Tensor>,
+) -> Result<LanguageModel> {
+    match lora {
+        Some(l) => {
+            let mut m = base.with_params(base.params.clone())?;
+            let vars = m.add_lora(l.r, l.alpha, &l.target_modules, 0)?;
+            for (name, v) in vars {
+                let x = t.get(&name).ok_or_else(|| anyhow!("policy tensor `{name}` is missing"))?;
+                v.set(&x.to_dtype(v.dtype())?)?;
+            }
+            base.with_params(m.merged_params()?)
+        }
+        None => {
+            let mut p = base.params.clone();
+            for (name, x) in t {
+                if !p.contains(name) {
+                    bail!("policy tensor `{name}` is not a parameter of the model");
+                }
+                p.insert(name.clone(), x.clone());
+            }
+            base.with_params(p)
+        }
+    }
+}

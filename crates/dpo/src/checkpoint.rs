@@ -1,0 +1,156 @@
+//! A run's state on disk: `checkpoint-N/` directories (trainable tensors, optimizer state, trainer state,
+//! cached reference log-probs, and a loadable model or PEFT adapter), the final model in `final/`, exact
+//! resume from a checkpoint, and finding the checkpoint to resume from.
+//!
+//! Why a file of its own: saving and resuming must agree byte for byte on the layout, so both halves live
+//! together, apart from the training loop that only decides when to save.
+
+use crate::train::Trainer;
+use anyhow::{anyhow, bail, Context as _, Result};
+use candle_core::Tensor;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+impl Trainer {
+    fn checkpoint_dir(&self) -> PathBuf {
+        self.out.join(format!("checkpoint-{}", self.step))
+    }
+
+    /// Trainable tensors, optimizer state and trainer state; for full fine-tuning also a loadable HF model.
+    pub fn save_checkpoint(&self) -> Result<()> {
+        let dir = self.checkpoint_dir();
+        let tmp = self.out.join(format!(".checkpoint-{}.partial", self.step));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        candle_core::safetensors::save(&self.trainable_tensors(), tmp.join("trainable.safetensors"))?;
+        let opt: HashMap<String, Tensor> = self.opt.state().into_iter().collect();
+        candle_core::safetensors::save(&opt, tmp.join("optimizer.safetensors"))?;
+        let state = json!({"step": self.step, "total_steps": self.total_steps(), "optimizer_t": self.opt.t,
+            "config": self.cfg, "trainable": self.trainable_names()});
+        std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
+        if let Some(r) = &self.ref_train {
+            std::fs::write(tmp.join("ref_logps.json"), serde_json::to_string(r)?)?;
+        }
+        if self.cfg.lora.is_some() {
+            self.save_adapter(&tmp)?;
+        } else {
+            self.policy.save(&tmp)?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).with_context(|| format!("moving the checkpoint to {}", dir.display()))?;
+        Ok(())
+    }
+
+    /// PEFT-style adapter files: `adapter_model.safetensors` and `adapter_config.json`.
+    fn save_adapter(&self, dir: &Path) -> Result<()> {
+        let l = self.cfg.lora.as_ref().unwrap();
+        let t: HashMap<String, Tensor> =
+            self.vars.iter().map(|(n, v)| (format!("base_model.model.{n}"), v.as_tensor().detach())).collect();
+        candle_core::safetensors::save(&t, dir.join("adapter_model.safetensors"))?;
+        let modules: Vec<String> = self.policy.lora_targets(&l.target_modules);
+        let cfg = json!({"peft_type": "LORA", "r": l.r, "lora_alpha": l.alpha, "target_modules": modules,
+            "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"});
+        std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?)?;
+        Ok(())
+    }
+
+    /// The trained model as an HF directory in `final/` (adapters merged), loadable by `generate`.
+    pub fn save_final(&self) -> Result<()> {
+        let dir = self.out.join("final");
+        let merged = self.policy.with_params(self.policy.merged_params()?)?;
+        merged.save(&dir)?;
+        if self.cfg.lora.is_some() {
+            self.save_adapter(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Continues from a checkpoint written by [`Trainer::save_checkpoint`].
+    pub fn resume(&mut self, ckpt: &Path) -> Result<()> {
+        let state_path = ckpt.join("trainer_state.json");
+        let state: Value = serde_json::from_str(
+            &std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
+        )
+        .with_context(|| format!("{}: not valid JSON", state_path.display()))?;
+        let step = state["step"].as_u64().ok_or_else(|| anyhow!("{}: `step` is missing", state_path.display()))?;
+        let t_path = ckpt.join("trainable.safetensors");
+        let t = candle_core::safetensors::load(&t_path, self.policy.device())
+            .map_err(|e| anyhow!("{}: {e}", t_path.display()))?;
+        for (name, v) in &self.vars {
+            let x = t.get(name).ok_or_else(|| anyhow!("{}: tensor `{name}` is missing", t_path.display()))?;
+            if x.dims() != v.dims() {
+                bail!("{}: tensor `{name}` has shape {:?}, the run has {:?}", t_path.display(), x.dims(), v.dims());
+            }
+            v.set(&x.to_dtype(v.dtype())?)?;
+        }
+        let o_path = ckpt.join("optimizer.safetensors");
+        let o = candle_core::safetensors::load(&o_path, self.policy.device())
+            .map_err(|e| anyhow!("{}: {e}", o_path.display()))?;
+        self.opt.load_state(state["optimizer_t"].as_u64().unwrap_or(step), &o)?;
+        // The checkpoint's reference log-probs must match this run's: otherwise the data, its order or the
+        // model changed since, and continuing would silently train on something else.
+        let r_path = ckpt.join("ref_logps.json");
+        if let (Ok(text), Some(now)) = (std::fs::read_to_string(&r_path), &self.ref_train) {
+            let then: Vec<(f32, f32)> =
+                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", r_path.display()))?;
+            let same = then.len() == now.len()
+                && then.iter().zip(now).all(|(a, b)| (a.0 - b.0).abs() < 1e-3 && (a.1 - b.1).abs() < 1e-3);
+            if !same {
+                bail!(
+                    "{}: the checkpoint was made with other training data or another model \
+                     (its cached reference log-probs differ from this run's)",
+                    ckpt.display()
+                );
+            }
+        }
+        self.step = step;
+        // Drop metric lines logged after the checkpoint so the file reads like one run.
+        let mpath = self.out.join("metrics.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&mpath) {
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)
+                })
+                .collect();
+            std::fs::write(&mpath, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+        }
+        Ok(())
+    }
+
+    /// Continues from the latest checkpoint in [`Trainer::out`] if there is one, and returns it; `None` (and
+    /// nothing changed) when the directory holds no checkpoint.
+    pub fn resume_latest(&mut self) -> Result<Option<PathBuf>> {
+        let Some(ckpt) = latest_checkpoint(&self.out) else { return Ok(None) };
+        self.resume(&ckpt)?;
+        Ok(Some(ckpt))
+    }
+}
+
+/// The latest `checkpoint-N` directory under `out`, if any.
+pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_prefix("checkpoint-").and_then(|n| n.parse::<u64>().ok()).map(|n| (n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n)
+        .map(|(_, p)| p)
+}
+
+/// The checkpoint to resume from (`--resume [DIR]`): with no `given` directory, the latest `checkpoint-N`
+/// under `out`; otherwise `given` itself if it is a checkpoint, or else the latest checkpoint under it.
+pub fn find_checkpoint(out: &Path, given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        None => {
+            latest_checkpoint(out).ok_or_else(|| anyhow!("--resume: no checkpoint-N directory in {}", out.display()))
+        }
+        Some(r) if r.join("trainer_state.json").exists() => Ok(r.to_path_buf()),
+        Some(r) => {
+            latest_checkpoint(r).ok_or_else(|| anyhow!("--resume {}: not a checkpoint and holds none", r.display()))
+        }
+    }
+}

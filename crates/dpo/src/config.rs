@@ -1,0 +1,133 @@
+//! Every setting of a DPO run in one place: [`TrainConfig`] (TRL's `DPOConfig` names and defaults where it
+//! has them) and [`LoraConfig`], read from TOML and checked before any model is touched.
+//!
+//! Why a file of its own: the configuration is read by the command line, the APL loop and the data loader
+//! ([`crate::data::load_pairs`]) without any of them needing the trainer's loop, and its defaults are
+//! easiest to review apart from the code that uses them.
+
+use crate::data::Truncation;
+use crate::loss::{LossParams, LossType};
+use crate::optim::{OptimizerParams, Schedule};
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// LoRA settings; `None` in [`TrainConfig::lora`] means full fine-tuning.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    /// Layer names (`q_proj`, `v_proj`, `c_attn`, ...) or `all-linear`.
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { r: 16, alpha: 32.0, target_modules: vec!["all-linear".into()] }
+    }
+}
+
+/// Every training setting, with defaults in one place (TRL's `DPOConfig` where it has one). Read from TOML.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Losses to sum (TRL `loss_type`), e.g. `["sigmoid"]` or `["sigmoid", "sft"]`.
+    pub loss_type: Vec<LossType>,
+    /// One weight per loss (default: all 1).
+    pub loss_weights: Option<Vec<f64>>,
+    pub loss: LossParams,
+    pub learning_rate: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: u64,
+    pub epochs: usize,
+    /// Pairs per micro-batch.
+    pub batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    /// Clip the global gradient norm to this (0 or None = no clipping).
+    pub max_grad_norm: Option<f64>,
+    pub optimizer: OptimizerParams,
+    /// Tokens of prompt + completion kept per sequence.
+    pub max_length: usize,
+    pub max_prompt_length: Option<usize>,
+    pub truncation_mode: Truncation,
+    /// Cache reference log-probs once per pair (no reference forward during training).
+    pub precompute_ref_log_probs: bool,
+    pub lora: Option<LoraConfig>,
+    pub seed: u64,
+    /// Write metrics every this many optimizer steps.
+    pub logging_steps: u64,
+    /// Save a checkpoint every this many optimizer steps (and always at the end).
+    pub save_steps: Option<u64>,
+    /// Stop after this many optimizer steps (the schedule still spans all epochs).
+    pub max_steps: Option<u64>,
+    /// TR-DPO (Gorbatovski et al. 2024): every `ref_model_sync_steps`, π_ref ← α π + (1 − α) π_ref.
+    pub sync_ref_model: bool,
+    pub ref_model_mixup_alpha: f64,
+    pub ref_model_sync_steps: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            loss_type: vec![LossType::Sigmoid],
+            loss_weights: None,
+            loss: LossParams::default(),
+            learning_rate: 1e-6,
+            schedule: Schedule::Linear,
+            warmup_steps: 0,
+            epochs: 1,
+            batch_size: 8,
+            gradient_accumulation_steps: 1,
+            max_grad_norm: Some(1.0),
+            optimizer: OptimizerParams::default(),
+            max_length: 1024,
+            max_prompt_length: None,
+            truncation_mode: Truncation::KeepStart,
+            precompute_ref_log_probs: true,
+            lora: None,
+            seed: 42,
+            logging_steps: 10,
+            save_steps: None,
+            max_steps: None,
+            sync_ref_model: false,
+            ref_model_mixup_alpha: 0.6,
+            ref_model_sync_steps: 512,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+
+    pub(crate) fn weighted_losses(&self) -> Result<Vec<(LossType, f64)>> {
+        let w = match &self.loss_weights {
+            Some(w) if w.len() != self.loss_type.len() => {
+                bail!("loss_weights has {} entries for {} losses in loss_type", w.len(), self.loss_type.len())
+            }
+            Some(w) => w.clone(),
+            None => vec![1.0; self.loss_type.len()],
+        };
+        Ok(self.loss_type.iter().copied().zip(w).collect())
+    }
+
+    pub(crate) fn needs_reference(&self) -> bool {
+        self.loss_type.iter().any(|l| !l.reference_free())
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.gradient_accumulation_steps == 0 || self.epochs == 0 {
+            bail!("batch_size, gradient_accumulation_steps and epochs must be at least 1");
+        }
+        if self.loss.beta <= 0.0 {
+            bail!("loss.beta must be positive, got {}", self.loss.beta);
+        }
+        if self.sync_ref_model && self.precompute_ref_log_probs {
+            bail!("sync_ref_model changes the reference during training; set precompute_ref_log_probs = false");
+        }
+        self.weighted_losses().map(|_| ())
+    }
+}

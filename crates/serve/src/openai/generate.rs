@@ -1,0 +1,196 @@
+//! Generation: a request's checked sampling job (prompts against the context, the completion length), where
+//! a choice's text ends (stop strings, EOS, length), and the non-streaming run on tokio's blocking pool, one
+//! request at a time, with a panic turned into a 500 for that request.
+
+use super::request::SamplingRequest;
+use super::{ApiError, OpenAiState};
+use lm::sample::{generate_watched, Sample, SampleParams};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// One generated choice, ready for the response.
+pub(super) struct Choice {
+    pub(super) text: String,
+    pub(super) finish_reason: &'static str,
+}
+
+/// A checked generation: the rows to sample (prompt-major, `n` per prompt) and how.
+pub(super) struct Job {
+    pub(super) rows: Vec<Vec<u32>>,
+    pub(super) params: SampleParams,
+    pub(super) stop: Vec<String>,
+    prompt_tokens: usize,
+}
+
+impl Job {
+    /// Checks the prompts against the context and settles the completion length.
+    pub(super) fn new(
+        s: &OpenAiState,
+        prompts: Vec<Vec<u32>>,
+        opts: &SamplingRequest,
+        prompt_param: &'static str,
+    ) -> Result<Self, ApiError> {
+        let ctx = s.model.config.max_position;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(ApiError::invalid(
+                    format!("prompt {i} is empty: the model needs at least one token to condition on"),
+                    Some(prompt_param),
+                ));
+            }
+            if p.len() >= ctx {
+                return Err(ApiError::context(
+                    format!(
+                        "this model's maximum context length is {ctx} tokens, but the prompt has {} tokens, leaving \
+                         no room for a completion; shorten the prompt",
+                        p.len()
+                    ),
+                    prompt_param,
+                ));
+            }
+        }
+        let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let max_new = match opts.max_tokens {
+            Some((m, name)) => {
+                if longest.saturating_add(m) > ctx {
+                    return Err(ApiError::context(
+                        format!(
+                            "this model's maximum context length is {ctx} tokens, but you requested {} tokens \
+                             ({longest} in the prompt; {m} for the completion); reduce the prompt or `{name}`",
+                            longest.saturating_add(m)
+                        ),
+                        name,
+                    ));
+                }
+                m
+            }
+            None => opts.default_max_tokens.min(ctx - longest),
+        };
+        let prompt_tokens = prompts.iter().map(Vec::len).sum();
+        let rows = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), opts.n)).collect();
+        let params = SampleParams {
+            max_new_tokens: max_new,
+            temperature: opts.temperature,
+            top_k: opts.top_k,
+            top_p: opts.top_p,
+            seed: opts.seed,
+            stop_at_eos: true,
+        };
+        Ok(Self { rows, params, stop: opts.stop.clone(), prompt_tokens })
+    }
+
+    /// Samples every row, calling `on_token` as [`generate_watched`] does (return `false` to end a row).
+    pub(super) fn sample(
+        &self,
+        st: &OpenAiState,
+        on_token: impl FnMut(usize, &Sample) -> bool,
+    ) -> Result<Vec<Sample>, ApiError> {
+        generate_watched(&st.model, &self.rows, &self.params, None, st.batch_size, 0, |_| {}, on_token)
+            .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))
+    }
+
+    pub(super) fn usage(&self, completion_tokens: usize) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        })
+    }
+}
+
+/// Where a choice's text ends so far: at a stop string (`finish` "stop"), at EOS ("stop"), at the length limit
+/// ("length"), or — while it goes on — before any tail that may still turn into a stop string or is half a
+/// character, so that nothing sent needs taking back.
+pub(super) fn text_end(text: &str, sample: &Sample, max_new: usize, stop: &[String]) -> (usize, Option<&'static str>) {
+    if let Some(cut) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+        return (cut, Some("stop"));
+    }
+    if sample.stopped_at_eos {
+        return (text.len(), Some("stop"));
+    }
+    if sample.tokens.len() >= max_new {
+        return (text.len(), Some("length"));
+    }
+    // A byte-level tokenizer can end a token inside a character; the decoder shows U+FFFD until it is whole.
+    let mut end = text.len();
+    while text[..end].ends_with('\u{FFFD}') {
+        end -= '\u{FFFD}'.len_utf8();
+    }
+    let held = stop
+        .iter()
+        .filter_map(|s| (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && text[..end].ends_with(&s[..k])))
+        .max()
+        .unwrap_or(0);
+    (end - held, None)
+}
+
+/// Samples the job's rows (one request at a time) and returns the `usage` object with the choices,
+/// prompt-major as OpenAI orders them. A choice stops sampling at the token that completes a stop string.
+pub(super) async fn run_generation(s: &Arc<OpenAiState>, job: Job) -> Result<(Value, Vec<Choice>), ApiError> {
+    // The permit moves into the blocking task, so a client that hangs up mid-generation still holds the model
+    // until its generation is finished, and the next request never runs beside it.
+    let permit = s.take_turn().await?;
+    let st = s.clone();
+    blocking(move || {
+        let _permit = permit;
+        let model = &st.model;
+        let decode = |ids: &[u32]| {
+            model.tokenizer.decode(ids, true).map_err(|e| ApiError::server(format!("decoding the completion: {e:#}")))
+        };
+        let max_new = job.params.max_new_tokens;
+        let samples = job.sample(&st, |_, smp| {
+            // Only a stop string needs the text; an undecodable prefix is reported below, from the whole sample.
+            job.stop.is_empty()
+                || decode(&smp.tokens).map_or(true, |t| text_end(&t, smp, max_new, &job.stop).1.is_none())
+        })?;
+        let mut choices = Vec::with_capacity(samples.len());
+        let mut completion_tokens = 0;
+        for smp in &samples {
+            let text = decode(&smp.tokens)?;
+            let (end, finish) = text_end(&text, smp, max_new, &job.stop);
+            completion_tokens += smp.tokens.len();
+            let finish_reason = finish.unwrap_or("length");
+            let text = if finish_reason == "stop" { text[..end].to_string() } else { text };
+            choices.push(Choice { text, finish_reason });
+        }
+        Ok((job.usage(completion_tokens), choices))
+    })
+    .await
+}
+
+/// Runs `f` on the blocking pool; a panic in it becomes a 500 for this request instead of a dropped
+/// connection (the panic is still printed by the panic hook).
+pub(super) async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(ApiError::server(format!("internal error while handling the request: {msg}")))
+        }
+        Err(e) => Err(ApiError::server(format!("the request's task was cancelled: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[tokio::test]
+    async fn a_panic_while_generating_is_a_500_not_a_crash() {
+        let err = blocking::<(), _>(|| panic!("boom")).await.unwrap_err();
+        assert_eq!(err.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(err.message.contains("boom"), "{}", err.message);
+        // The runtime is still usable afterwards.
+        assert_eq!(blocking(|| Ok(7)).await.unwrap(), 7);
+    }
+}

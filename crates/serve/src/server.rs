@@ -1,0 +1,58 @@
+//! One listener for whatever is served: the labeling app, the OpenAI-compatible endpoints, or both. A type of
+//! its own so that callers (the CLI) assemble and run the server without naming axum, and so that serving
+//! belongs to neither router.
+
+use crate::labeling::{self, LabelingState};
+use crate::openai::{self, OpenAiState};
+use anyhow::Result;
+use std::sync::Arc;
+
+/// The routers to serve on one listener; empty until `with_*` adds them (an empty server answers 404).
+#[derive(Default)]
+pub struct Server {
+    app: axum::Router,
+}
+
+impl Server {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the labeling app ([`labeling::router`]): pages, static files and their API.
+    pub fn with_labeling(mut self, state: Arc<LabelingState>) -> Self {
+        self.app = self.app.merge(labeling::router(state));
+        self
+    }
+
+    /// Adds the OpenAI-compatible `/v1` endpoints ([`openai::router`]).
+    pub fn with_openai(mut self, state: Arc<OpenAiState>) -> Self {
+        self.app = self.app.merge(openai::router(state));
+        self
+    }
+
+    /// Serves on `listener` as [`serve_blocking`] does.
+    pub fn serve_blocking(self, listener: std::net::TcpListener, stop_on_ctrl_c: bool) -> Result<()> {
+        serve_blocking(listener, self.app, stop_on_ctrl_c)
+    }
+}
+
+/// Serves `app` on `listener` until the process ends or, with `stop_on_ctrl_c`, until Ctrl-C (requests in
+/// flight finish first, so no acknowledged label is cut off). Builds its own tokio runtime.
+pub fn serve_blocking(listener: std::net::TcpListener, app: axum::Router, stop_on_ctrl_c: bool) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let serve = axum::serve(listener, app);
+        if stop_on_ctrl_c {
+            serve
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+        } else {
+            serve.await
+        }
+    })?;
+    Ok(())
+}
