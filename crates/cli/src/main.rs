@@ -344,7 +344,7 @@ fn run_score(a: ScoreArgs) -> Result<()> {
 }
 
 fn run_dpo(a: DpoArgs) -> Result<()> {
-    use dpo::train::{find_checkpoint, LoraConfig, TrainConfig, Trainer};
+    use dpo::{find_checkpoint, LoraConfig, TrainConfig, Trainer};
     let mut cfg = match &a.config {
         Some(p) => TrainConfig::from_toml_file(p)?,
         None => TrainConfig::default(),

@@ -5,7 +5,6 @@
 //! ([`crate::data::load_pairs`]) without any of them needing the trainer's loop, and its defaults are
 //! easiest to review apart from the code that uses them.
 
-use crate::data::Truncation;
 use crate::loss::{LossParams, LossType};
 use crate::optim::{OptimizerParams, Schedule};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -130,4 +129,13 @@ impl TrainConfig {
         }
         self.weighted_losses().map(|_| ())
     }
+}
+
+/// Which end of a too-long pair is cut (TRL's `truncation_mode`; the rule is in [`crate::data`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    #[default]
+    KeepStart,
+    KeepEnd,
 }

@@ -14,10 +14,11 @@
 //! start). `max_prompt_length`, if set, first cuts the prompt to its last tokens. A pair whose completion
 //! would be left empty is skipped and counted.
 
+pub use crate::config::Truncation;
+
 use crate::config::TrainConfig;
 use anyhow::{anyhow, bail, Context as _, Result};
 use lm::Tokenizer;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
 
@@ -40,14 +41,6 @@ pub struct TokenPair {
     pub prompt: Vec<u32>,
     pub chosen: Vec<u32>,
     pub rejected: Vec<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Truncation {
-    #[default]
-    KeepStart,
-    KeepEnd,
 }
 
 /// Rows skipped while reading, by reason, reported to the user.

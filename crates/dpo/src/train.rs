@@ -1,8 +1,7 @@
 //! The DPO trainer and its loop: batches of preference pairs through the policy (and, once, the
 //! reference), a loss from the family in `loss`, gradient accumulation and clipping, an optimizer step,
-//! TRL-named metrics. Its settings live in [`crate::config`], its checkpoints and resume in
-//! [`crate::checkpoint`]; both are re-exported here so `dpo::train::{TrainConfig, latest_checkpoint, ...}`
-//! keep working.
+//! TRL-named metrics. Its settings live in [`crate::config`] (re-exported here), its checkpoints and resume
+//! in [`crate::checkpoint`].
 //!
 //! Reference log-probs are computed once per pair before training and cached (TRL's
 //! `precompute_ref_log_probs`), so no epoch runs a reference forward. With LoRA the reference is the base
@@ -10,7 +9,6 @@
 //! pairs, in which order) is a function of the seed, so a run resumed from a checkpoint ends exactly where
 //! the uninterrupted run ends.
 
-pub use crate::checkpoint::{find_checkpoint, latest_checkpoint};
 pub use crate::config::{LoraConfig, TrainConfig};
 
 use crate::data::TokenPair;

@@ -2,10 +2,11 @@
 //! and a resumed run ends exactly where the uninterrupted run ends.
 
 use candle_core::{DType, Tensor};
+use dpo::checkpoint::{find_checkpoint, latest_checkpoint};
 use dpo::data::TokenPair;
 use dpo::loss::LossType;
 use dpo::optim::{OptimizerKind, OptimizerParams, Schedule};
-use dpo::train::{find_checkpoint, latest_checkpoint, LoraConfig, TrainConfig, Trainer};
+use dpo::train::{LoraConfig, TrainConfig, Trainer};
 use lm::testing::tiny_model;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 

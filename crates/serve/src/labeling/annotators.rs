@@ -1,7 +1,7 @@
 //! Annotators: their tokens (shown once; the store keeps only the SHA-256), names, registration, and the
 //! per-annotator statistics and agreement that the dashboard and `activepref annotators list` report.
 
-use super::state::open_existing;
+use super::open_existing;
 use super::stats::{cohen_kappa, median, Agreement};
 use anyhow::{bail, Result};
 use apl::store::{Annotator, Store};

@@ -133,3 +133,17 @@ fn static_file(content_type: &'static str, body: &'static str) -> Response {
 async fn label_page(State(st): State<Arc<LabelingState>>) -> Html<String> {
     Html(st.label_page.clone())
 }
+
+/// The store of the run at `run_dir`, which must exist (the run creates it).
+fn open_existing(run_dir: &std::path::Path) -> anyhow::Result<apl::store::Store> {
+    let path = apl::RunDir::new(run_dir).store();
+    if !path.is_file() {
+        anyhow::bail!(
+            "no run store at {}: start the run first (`activepref run --config CONFIG --run-dir {}` with \
+             oracle.kind = \"human\"), or check the directory",
+            path.display(),
+            run_dir.display()
+        );
+    }
+    apl::store::Store::open(&path)
+}

@@ -3,10 +3,11 @@
 //! draw, the leases that keep two annotators off the same query, and who a bearer token belongs to.
 
 use super::annotators::hash_token;
+use super::open_existing;
 use super::{ApiError, Options, DEFAULT_GUIDELINES, LABEL_HTML, LEASE};
 use anyhow::{bail, Context as _, Result};
 use apl::store::{Annotator, OpenQuery, Query, Store};
-use apl::{ActiveConfig, RunDir};
+use apl::ActiveConfig;
 use axum::http::{header, HeaderMap};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -17,20 +18,6 @@ use std::time::Instant;
 
 /// Idle SQLite connections kept for reuse.
 const POOL_SIZE: usize = 16;
-
-/// The store of the run at `run_dir`, which must exist (the run creates it).
-pub(super) fn open_existing(run_dir: &Path) -> Result<Store> {
-    let path = RunDir::new(run_dir).store();
-    if !path.is_file() {
-        bail!(
-            "no run store at {}: start the run first (`activepref run --config CONFIG --run-dir {}` with \
-             oracle.kind = \"human\"), or check the directory",
-            path.display(),
-            run_dir.display()
-        );
-    }
-    Store::open(&path)
-}
 
 /// A query on an annotator's page.
 struct Lease {

@@ -1,7 +1,7 @@
 //! The handlers of the three routes: each reads its request (`request`), has it tokenized off the async
 //! threads, and answers in its endpoint's shape, as one JSON body (`generate`) or as a stream (`stream`).
 
-use super::generate::{blocking, run_generation, Job};
+use super::generate::{blocking, run_generation, Endpoint, Job};
 use super::request::{
     parse_body, parse_messages, parse_prompt, tokenize_chat, tokenize_prompt, too_many_sequences, SamplingRequest,
 };
@@ -90,11 +90,4 @@ async fn answer(
         "id": head.id, "object": object, "created": head.created, "model": s.model_id, "choices": choices, "usage": usage,
     });
     Ok(Json(body).into_response())
-}
-
-/// Which endpoint a response belongs to: it decides the chunk's `object` and where the text goes.
-#[derive(Clone, Copy, PartialEq)]
-pub(super) enum Endpoint {
-    Completions,
-    Chat,
 }

@@ -194,3 +194,10 @@ mod tests {
         assert_eq!(blocking(|| Ok(7)).await.unwrap(), 7);
     }
 }
+
+/// Which endpoint a response belongs to: it decides the chunk's `object` and where the text goes.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Endpoint {
+    Completions,
+    Chat,
+}

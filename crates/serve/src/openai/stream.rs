@@ -2,8 +2,7 @@
 //! `openai` module docs for what is sent when). Kept apart from the non-streaming run because it is the one
 //! place where the text is cut while the generation goes on, and where a client can hang up mid-answer.
 
-use super::endpoints::Endpoint;
-use super::generate::{text_end, Job};
+use super::generate::{text_end, Endpoint, Job};
 use super::{ApiError, OpenAiState};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
