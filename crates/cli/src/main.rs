@@ -209,7 +209,9 @@ struct DpoArgs {
     /// Overrides `loss.beta`
     #[arg(long)]
     beta: Option<f64>,
-    /// Overrides `loss_type` (comma-separated TRL names, e.g. sigmoid,sft)
+    /// Overrides `loss_type`: comma-separated TRL names (several are summed with `loss_weights`), from sigmoid,
+    /// robust, ipo, hinge, exo_pair, nca_pair, bco_pair, sppo_hard, apo_zero, apo_down, discopop, sft,
+    /// sigmoid_norm, simpo, cpo, orpo, rdpo, dpo_shift, hdpo
     #[arg(long)]
     loss_type: Option<String>,
     /// Train LoRA adapters (rank 16, alpha 32, all linear layers) unless the config sets [lora]
@@ -370,9 +372,7 @@ fn run_dpo(a: DpoArgs) -> Result<()> {
     if let Some(l) = &a.loss_type {
         cfg.loss_type = l
             .split(',')
-            .map(|x| {
-                serde_json::from_value(json!(x.trim())).map_err(|_| anyhow::anyhow!("--loss-type: unknown loss {x:?}"))
-            })
+            .map(|x| dpo::loss::LossType::parse(x).map_err(|e| anyhow::anyhow!("--loss-type: {e}")))
             .collect::<Result<_>>()?;
     }
     if a.lora && cfg.lora.is_none() {

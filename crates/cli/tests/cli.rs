@@ -333,6 +333,45 @@ fn dpo_trains_writes_metrics_and_a_loadable_model_then_resumes() {
 }
 
 #[test]
+fn dpo_reads_parquet_preference_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let dir = tiny_dir(t, "llama");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dpo/tests/fixtures/explicit.snappy.parquet");
+    let out = t.join("run");
+    let o = run(&[
+        "dpo",
+        "--model",
+        dir.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lora",
+        "--max-steps",
+        "1",
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("training pairs"), "{err}");
+    assert!(out.join("metrics.jsonl").is_file());
+}
+
+#[test]
+fn dpo_help_and_errors_list_every_loss_type() {
+    let o = run(&["dpo", "--help"]);
+    let help = text(&o).0;
+    assert!(o.status.success());
+    for l in dpo::loss::LossType::ALL {
+        assert!(help.contains(l.name()), "`dpo --help` does not list {}:\n{help}", l.name());
+    }
+    let o = run(&["dpo", "--data", "x.jsonl", "--out", "o", "--loss-type", "nosuch"]);
+    let err = text(&o).1;
+    assert!(!o.status.success());
+    assert!(err.contains("unknown loss \"nosuch\"") && err.contains("sigmoid, robust"), "{err}");
+}
+
+#[test]
 fn dpo_bad_inputs_give_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();

@@ -71,6 +71,40 @@ impl LossType {
         LossType::Hdpo,
     ];
 
+    /// The TRL name (`loss_type` in TRL's `DPOConfig`), as the config and `--loss-type` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossType::Sigmoid => "sigmoid",
+            LossType::Robust => "robust",
+            LossType::Ipo => "ipo",
+            LossType::Hinge => "hinge",
+            LossType::ExoPair => "exo_pair",
+            LossType::NcaPair => "nca_pair",
+            LossType::BcoPair => "bco_pair",
+            LossType::SppoHard => "sppo_hard",
+            LossType::ApoZero => "apo_zero",
+            LossType::ApoDown => "apo_down",
+            LossType::Discopop => "discopop",
+            LossType::Sft => "sft",
+            LossType::SigmoidNorm => "sigmoid_norm",
+            LossType::Simpo => "simpo",
+            LossType::Cpo => "cpo",
+            LossType::Orpo => "orpo",
+            LossType::Rdpo => "rdpo",
+            LossType::DpoShift => "dpo_shift",
+            LossType::Hdpo => "hdpo",
+        }
+    }
+
+    /// A loss by its TRL name; an unknown name is an error that lists the valid ones.
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        let name = name.trim();
+        Self::ALL.into_iter().find(|l| l.name() == name).ok_or_else(|| {
+            let valid: Vec<&str> = Self::ALL.iter().map(|l| l.name()).collect();
+            anyhow::anyhow!("unknown loss {name:?}; valid loss types: {}", valid.join(", "))
+        })
+    }
+
     /// Losses that never look at the reference model (no reference forward or cache needed).
     pub fn reference_free(self) -> bool {
         matches!(self, LossType::Sft | LossType::Simpo | LossType::Cpo | LossType::Orpo)

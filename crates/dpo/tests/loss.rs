@@ -190,3 +190,15 @@ fn kto_matches_its_formula() {
     let b: Vec<f64> = kto_loss(&t(&lr), &t(&des), 0.0, beta, wd, wu).unwrap().to_vec1().unwrap();
     assert_eq!(a, b);
 }
+
+#[test]
+fn loss_names_are_trls_and_an_unknown_one_lists_the_valid_ones() {
+    for l in LossType::ALL {
+        // The name the config's serde spelling uses, and back.
+        assert_eq!(serde_json::to_value(l).unwrap(), serde_json::json!(l.name()));
+        assert_eq!(LossType::parse(l.name()).unwrap(), l);
+    }
+    let e = LossType::parse("nosuch").unwrap_err().to_string();
+    assert!(e.starts_with("unknown loss \"nosuch\"; valid loss types: sigmoid, robust, ipo,"), "{e}");
+    assert!(LossType::ALL.iter().all(|l| e.contains(l.name())), "{e}");
+}
