@@ -18,11 +18,12 @@ use crate::eval::Evaluation;
 use crate::event::Event;
 use crate::oracles::OracleHandle;
 use crate::policy::{load_policy, load_trainable};
-use crate::report::{write_outputs, ORACLE_NAME, ORACLE_NOTE};
+use crate::report::write_outputs;
 use crate::results::{round_results, RoundResult};
 use crate::run_dir::{write_atomic, RunDir};
 use crate::seed::seed_for;
-use crate::store::{Query, Store};
+use crate::seed::stream::{ACQUIRE, TRAIN};
+use crate::store::{Query, Store, ORACLE_NAME, ORACLE_NOTE};
 use anyhow::{bail, Context as _, Result};
 use dpo::data::TokenPair;
 use dpo::train::Trainer;
@@ -32,11 +33,6 @@ use oracle::{Comparison, Oracle};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Stream names for [`seed_for`] (evaluation's, 3 and 4, are in `eval.rs`). Fixed forever: changing one
-/// changes every run's choices.
-const ACQUIRE: u64 = 1;
-const TRAIN: u64 = 2;
 
 /// Stops a run whose oracle keeps giving no preference.
 const MAX_ATTEMPTS: usize = 25;
@@ -102,6 +98,8 @@ impl<'a> ActiveLoop<'a> {
         snippets: &Path,
         events: &'a mut dyn FnMut(Event),
     ) -> Result<Self> {
+        // Before anything is built or written (fitting the sentiment model writes into the run directory).
+        cfg.validate()?;
         let source =
             if cfg.prompts.source.is_empty() { snippets.to_path_buf() } else { PathBuf::from(&cfg.prompts.source) };
         if !source.exists() && cfg.oracle.kind != OracleKind::Dataset {
@@ -182,6 +180,7 @@ impl<'a> ActiveLoop<'a> {
             bail!("the run has no prompt pool (call ensure_pool first)");
         }
         let last = targets.len();
+        let mut results = Vec::new();
         for (i, &target) in targets.iter().enumerate() {
             let round = i + 1;
             if !self.store.round_trained(round)? {
@@ -193,9 +192,9 @@ impl<'a> ActiveLoop<'a> {
             if self.cfg.eval.every_round || round == last {
                 self.evaluate(round)?;
             }
-            self.write_outputs()?;
+            results = write_outputs(&self.store, &self.cfg, &self.dir)?;
         }
-        self.results()
+        Ok(results)
     }
 
     /// The policy after `round` rounds (0 = the starting model), as a plain model (adapters merged).
@@ -387,8 +386,8 @@ impl<'a> ActiveLoop<'a> {
     }
 
     /// Rewrites the derived files — metrics.jsonl, labels.jsonl (TRL format), report.html — from the store.
-    pub fn write_outputs(&self) -> Result<()> {
-        write_outputs(&self.store, &self.cfg, &self.dir).map(drop)
+    pub fn write_outputs(&self) -> Result<Vec<RoundResult>> {
+        write_outputs(&self.store, &self.cfg, &self.dir)
     }
 
     /// The kind of oracle this run asks (for messages).

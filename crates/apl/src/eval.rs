@@ -11,8 +11,9 @@ use crate::acquire::lengths;
 use crate::config::{ActiveConfig, NoAnswer};
 use crate::event::Event;
 use crate::policy::load_policy;
-use crate::results::{round_results, RoundResult};
+use crate::results::win_rate;
 use crate::run_dir::RunDir;
+use crate::seed::stream::{EVAL, EVAL_LENGTHS};
 use crate::seed::{rng_for, seed_for};
 use crate::store::Store;
 use anyhow::{bail, Result};
@@ -20,11 +21,6 @@ use lm::sample::{generate, SampleParams};
 use lm::LanguageModel;
 use oracle::{Comparison, Oracle};
 use std::collections::{HashMap, HashSet};
-
-/// Stream names for [`seed_for`] (shared with the loop's list in `active.rs`; the numbers are fixed forever,
-/// since changing one changes every run's samples).
-pub(crate) const EVAL: u64 = 3;
-pub(crate) const EVAL_LENGTHS: u64 = 4;
 
 /// What an evaluation needs: the run (config, directory, store), the starting model, and the judge.
 pub struct Evaluation<'a> {
@@ -110,8 +106,8 @@ impl Evaluation<'_> {
             events(Event::Progress { what: "judging".into(), done: judged_now, total });
             Ok(())
         })?;
-        let r = round_results(store)?.into_iter().find(|r| r.round == round);
-        if let Some(RoundResult { win_rate: Some(w), win_rate_se: Some(se), labels, .. }) = r {
+        let labels = store.rounds()?.into_iter().find(|t| t.round == round).map_or(0, |t| t.labels);
+        if let Some((w, se, _)) = win_rate(store, round)? {
             events(Event::Info(format!(
                 "round {round}: win rate vs the starting model {:.1}% ± {:.1} ({labels} labels, {} prompts)",
                 100.0 * w,

@@ -24,11 +24,9 @@ pub struct Experiment {
 }
 
 impl Experiment {
-    /// Checks the plan before any work: at least one strategy (comma-separated names) and one seed, and an
-    /// automatic oracle (a person would be asked for every run's labels).
-    pub fn new(cfg: ActiveConfig, strategies: &str, seeds: u64, out: &Path) -> Result<Self> {
-        let strategies: Vec<Strategy> =
-            strategies.split(',').filter(|s| !s.trim().is_empty()).map(Strategy::parse).collect::<Result<_>>()?;
+    /// Checks the plan before any work: at least one strategy and one seed, and an automatic oracle (a person
+    /// would be asked for every run's labels).
+    pub fn new(cfg: ActiveConfig, strategies: Vec<Strategy>, seeds: u64, out: &Path) -> Result<Self> {
         if strategies.is_empty() || seeds == 0 {
             bail!("--strategies and --seeds must name at least one strategy and one seed");
         }

@@ -26,7 +26,7 @@ pub fn load_policy(
 pub fn load_trainable(base: &LanguageModel, dir: &RunDir, round: usize) -> Result<HashMap<String, Tensor>> {
     let path = dir.policy(round);
     if !path.exists() {
-        bail!("{}: no such file (round {round} has not finished training)", path.display());
+        bail!("{}: missing (round {round} has not been trained, or its file was deleted)", path.display());
     }
     candle_core::safetensors::load(&path, base.device())
         .map_err(|e| anyhow!("{}: {e} (delete round-{round} to retrain it)", path.display()))

@@ -4,6 +4,7 @@
 
 use crate::config::ActiveConfig;
 use crate::seed::rng_for;
+use crate::seed::stream::{POOL_CUT, POOL_SHUFFLE};
 use anyhow::{bail, Context as _, Result};
 use lm::Tokenizer;
 use rand::seq::SliceRandom;
@@ -49,7 +50,7 @@ pub fn build_pool(cfg: &ActiveConfig, tok: &Tokenizer, texts: &[String], source:
     let p = &cfg.prompts;
     let mut seen = std::collections::HashSet::new();
     let mut prompts = Vec::new();
-    let mut rng = rng_for(cfg.seed, &[0x70]);
+    let mut rng = rng_for(cfg.seed, &[POOL_CUT]);
     let mut too_short = 0;
     for t in texts {
         if !seen.insert(t.as_str()) {
@@ -86,7 +87,7 @@ pub fn build_pool(cfg: &ActiveConfig, tok: &Tokenizer, texts: &[String], source:
             need_train,
         );
     }
-    prompts.shuffle(&mut rng_for(cfg.seed, &[0x71]));
+    prompts.shuffle(&mut rng_for(cfg.seed, &[POOL_SHUFFLE]));
     let eval = prompts.split_off(prompts.len() - cfg.eval.prompts);
     Ok((prompts, eval))
 }

@@ -8,15 +8,10 @@
 use crate::config::ActiveConfig;
 use crate::results::{oracle_agrees, round_results, RoundResult};
 use crate::run_dir::{write_atomic, RunDir};
-use crate::store::Store;
+use crate::store::{Store, ORACLE_NAME, ORACLE_NOTE};
 use ::report::{AcquiredPoint, AcquisitionRound, RoundSummary, RunReport, SampleRow, TrainPoint, TrainingCurve};
 use anyhow::Result;
 use serde_json::json;
-
-/// Store meta key: the name of the run's oracle, as the report shows it (written when the loop opens).
-pub const ORACLE_NAME: &str = "oracle_name";
-/// Store meta key: a fact about the oracle for the report (e.g. the sentiment model's held-out accuracy).
-pub const ORACLE_NOTE: &str = "oracle_note";
 
 /// Rewrites the derived files — metrics.jsonl, labels.jsonl (TRL format), report.html — from the store.
 pub fn write_outputs(store: &Store, cfg: &ActiveConfig, dir: &RunDir) -> Result<Vec<RoundResult>> {

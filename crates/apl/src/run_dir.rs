@@ -3,7 +3,8 @@
 //! `store.sqlite` is the source of truth; `round-N/policy.safetensors` holds the trainable tensors after round
 //! N (`round-N/train/` the trainer's checkpoints while it runs); `metrics.jsonl`, `labels.jsonl` and
 //! `report.html` are derived from the store and rewritten after every step ([`crate::report::write_outputs`]).
-//! Every file is written through [`write_atomic`], so a reader (or a resumed run) never sees half a file.
+//! Whole files the run rewrites (the config, the derived files) go through [`write_atomic`], so a reader (or a
+//! resumed run) never sees half a file; the policy and the trainer's checkpoints are renamed into place too.
 
 use crate::config::ActiveConfig;
 use anyhow::{Context as _, Result};
@@ -17,9 +18,6 @@ pub struct RunDir(pub PathBuf);
 impl RunDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self(dir.into())
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
     }
     pub fn store(&self) -> PathBuf {
         self.0.join("store.sqlite")

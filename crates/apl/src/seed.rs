@@ -18,6 +18,23 @@ pub fn seed_for(seed: u64, path: &[u64]) -> u64 {
     path.iter().fold(mix(seed), |acc, &p| mix(acc ^ mix(p)))
 }
 
+/// The names of the loop's streams, the first element of every path. One list, so no two stages can share
+/// a stream; fixed forever, since changing one changes every run's choices.
+pub mod stream {
+    /// Candidate sampling and selection, per (round, attempt).
+    pub const ACQUIRE: u64 = 1;
+    /// The DPO schedule and LoRA initialisation, per round.
+    pub const TRAIN: u64 = 2;
+    /// Evaluation samples, per round (0 = the starting model).
+    pub const EVAL: u64 = 3;
+    /// The completion lengths of the evaluation samples.
+    pub const EVAL_LENGTHS: u64 = 4;
+    /// The prompt pool: each source text's cut length.
+    pub const POOL_CUT: u64 = 0x70;
+    /// The prompt pool: the shuffle that splits it into acquisition and held-out prompts.
+    pub const POOL_SHUFFLE: u64 = 0x71;
+}
+
 pub fn rng_for(seed: u64, path: &[u64]) -> StdRng {
     StdRng::seed_from_u64(seed_for(seed, path))
 }

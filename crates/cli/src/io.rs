@@ -10,12 +10,11 @@ pub enum PromptInput {
     Messages(Value),
 }
 
-use rows::{lines as read_lines, parse_json};
-
 pub fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
     let mut out = Vec::new();
-    for (line, text) in read_lines(path)? {
-        let v = parse_json(path, line, &text)?;
+    for row in rows::lines(path)? {
+        let (line, text) = row?;
+        let v = rows::parse_json(path, line, &text)?;
         out.push(match v {
             Value::String(s) => PromptInput::Text(s),
             Value::Object(ref o) if o.contains_key("messages") => PromptInput::Messages(o["messages"].clone()),
@@ -51,8 +50,9 @@ pub struct ScoreRow {
 
 pub fn read_score_input(path: &Path) -> Result<Vec<ScoreRow>> {
     let mut out = Vec::new();
-    for (line, text) in read_lines(path)? {
-        let v = parse_json(path, line, &text)?;
+    for row in rows::lines(path)? {
+        let (line, text) = row?;
+        let v = rows::parse_json(path, line, &text)?;
         let get = |k: &str| -> Result<String> {
             match v.get(k) {
                 Some(Value::String(s)) => Ok(s.clone()),

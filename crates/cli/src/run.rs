@@ -169,7 +169,9 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
     if let Some(m) = &a.model.model {
         cfg.model = m.display().to_string();
     }
-    let plan = Experiment::new(cfg, &a.strategies, a.seeds, &a.out)?;
+    let strategies: Vec<Strategy> =
+        a.strategies.split(',').filter(|s| !s.trim().is_empty()).map(Strategy::parse).collect::<Result<_>>()?;
+    let plan = Experiment::new(cfg, strategies, a.seeds, &a.out)?;
     let base = load_model(&plan.cfg, &a.model)?;
     let snippets = assets::default_dir().join(assets::MOVIE_SNIPPETS);
     let mut bars = Bars { bar: None };

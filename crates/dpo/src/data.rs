@@ -122,7 +122,8 @@ fn finish(path: &Path, out: Vec<TextPair>, skipped: Skipped) -> Result<(Vec<Text
 pub fn read_jsonl(path: &Path, tok: &Tokenizer) -> Result<(Vec<TextPair>, Skipped)> {
     let mut out = Vec::new();
     let mut skipped = Skipped::default();
-    for (n, v) in rows::json_lines(path)? {
+    for row in rows::json_lines(path)? {
+        let (n, v) = row?;
         add_row(&v, n, &format!("{}:{n}", path.display()), tok, &mut out, &mut skipped)?;
     }
     finish(path, out, skipped)

@@ -42,7 +42,8 @@ impl DatasetOracle {
     pub fn open(path: &Path) -> Result<Self> {
         let mut oracle =
             Self { path: path.to_path_buf(), pairs: Vec::new(), votes: HashMap::new(), skipped_identical: Vec::new() };
-        for (n, v) in rows::json_lines(path)? {
+        for row in rows::json_lines(path)? {
+            let (n, v) = row?;
             let (prompt, chosen, rejected) = parse_row(&v).map_err(|e| anyhow!("{}:{n}: {e}", path.display()))?;
             oracle.add(n, prompt, chosen, rejected);
         }

@@ -10,20 +10,17 @@ use serde_json::Value;
 use std::io::BufRead;
 use std::path::Path;
 
-/// The non-blank lines of a text file as (1-based line number, text), a trailing `\r` removed. A line that
-/// is not UTF-8 is an error naming `file:line`.
-pub fn lines(path: &Path) -> Result<Vec<(usize, String)>> {
+/// The non-blank lines of a text file as (1-based line number, text), a trailing `\r` removed, read as the
+/// caller goes: an error (a line that is not UTF-8, naming `file:line`) comes in file order, after the lines
+/// before it, and a large file is never held whole.
+pub fn lines(path: &Path) -> Result<impl Iterator<Item = Result<(usize, String)>> + '_> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
+    let lines = std::io::BufReader::new(f).split(b'\n').enumerate().map(move |(i, line)| {
         let bytes = line.with_context(|| format!("reading {}", path.display()))?;
         let text = String::from_utf8(bytes).map_err(|_| anyhow!("{}:{}: not valid UTF-8", path.display(), i + 1))?;
-        let text = text.trim_end_matches('\r');
-        if !text.trim().is_empty() {
-            out.push((i + 1, text.to_string()));
-        }
-    }
-    Ok(out)
+        Ok((i + 1, text.trim_end_matches('\r').to_string()))
+    });
+    Ok(lines.filter(|l| !matches!(l, Ok((_, t)) if t.trim().is_empty())))
 }
 
 /// Parses one line of `path` as JSON; the error names `file:line`.
@@ -31,9 +28,9 @@ pub fn parse_json(path: &Path, line: usize, text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| anyhow!("{}:{line}: not valid JSON ({e})", path.display()))
 }
 
-/// The non-blank lines of a JSONL file, each parsed, as (1-based line number, value).
-pub fn json_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
-    lines(path)?.into_iter().map(|(n, text)| Ok((n, parse_json(path, n, &text)?))).collect()
+/// The non-blank lines of a JSONL file, each parsed, as (1-based line number, value), read as the caller goes.
+pub fn json_lines(path: &Path) -> Result<impl Iterator<Item = Result<(usize, Value)>> + '_> {
+    Ok(lines(path)?.map(move |l| l.and_then(|(n, text)| Ok((n, parse_json(path, n, &text)?)))))
 }
 
 /// Byte length of the implicit prompt of two texts (TRL's `extract_prompt` for string pairs): their
@@ -70,12 +67,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.jsonl");
         std::fs::write(&p, "{\"a\": 1}\r\n\n  \n{\"a\": 2}\n{oops\n").unwrap();
-        let err = json_lines(&p).unwrap_err().to_string();
+        let all: Vec<Result<(usize, Value)>> = json_lines(&p).unwrap().collect();
+        // The good lines before the bad one come first, as they are in the file.
+        assert_eq!(all.iter().filter(|r| r.is_ok()).count(), 2);
+        let err = all.last().unwrap().as_ref().unwrap_err().to_string();
         assert!(err.contains("x.jsonl:5: not valid JSON"), "{err}");
         std::fs::write(&p, "{\"a\": 1}\r\n\n{\"a\": 2}\n").unwrap();
-        let rows = json_lines(&p).unwrap();
+        let rows: Vec<(usize, Value)> = json_lines(&p).unwrap().collect::<Result<_>>().unwrap();
         assert_eq!(rows.iter().map(|(n, v)| (*n, v["a"].as_i64().unwrap())).collect::<Vec<_>>(), [(1, 1), (3, 2)]);
         std::fs::write(&p, b"ok\n\xff\n").unwrap();
-        assert!(lines(&p).unwrap_err().to_string().contains("x.jsonl:2: not valid UTF-8"));
+        let err = lines(&p).unwrap().collect::<Result<Vec<_>>>().unwrap_err().to_string();
+        assert!(err.contains("x.jsonl:2: not valid UTF-8"), "{err}");
+        assert!(lines(&dir.path().join("none")).is_err());
     }
 }

@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The schema, as the migrations that build it: `MIGRATIONS[i]` takes a store from version `i` to `i + 1`.
-/// Append to this list; never edit an entry a release has shipped. Every statement is idempotent
-/// (`IF NOT EXISTS`), because version 1 stores of the first releases gained the labeling tables on open
-/// without a version change.
+/// Append to this list (additive changes only); never edit an entry a release has shipped. The first two are
+/// idempotent (`IF NOT EXISTS`) because version 1 stores of the first releases may already hold the labeling
+/// tables, which they gained on open without a version change; later ones run exactly once.
 pub const MIGRATIONS: &[&str] = &[
     // 1: the loop's tables.
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[&str] = &[
 
 /// The version this build writes and understands: the number of migrations.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Meta key: the name of the run's oracle, as the report shows it (written when the loop opens the run).
+pub const ORACLE_NAME: &str = "oracle_name";
+/// Meta key: a fact about the oracle for the report (e.g. the sentiment model's held-out accuracy).
+pub const ORACLE_NOTE: &str = "oracle_note";
 
 pub struct Store {
     conn: Connection,
