@@ -156,12 +156,10 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_model(cfg: &ActiveConfig, m: &ModelArgs) -> Result<lm::LanguageModel> {
-    let args = ModelArgs {
-        model: if cfg.model.is_empty() { m.model.clone() } else { Some(PathBuf::from(&cfg.model)) },
-        device: m.device.clone(),
-    };
-    args.load()
+/// A run's starting model: `--model` if given, else the config's `model`, else the fetched default.
+pub fn load_model(cfg: &ActiveConfig, m: &ModelArgs) -> Result<lm::LanguageModel> {
+    let from_config = (!cfg.model.is_empty()).then(|| PathBuf::from(&cfg.model));
+    ModelArgs { model: m.model.clone().or(from_config), device: m.device.clone() }.load()
 }
 
 pub fn experiment(a: ExperimentArgs) -> Result<()> {

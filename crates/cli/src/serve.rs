@@ -110,8 +110,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             None => run_config(dir).ok().map(|c| c.oracle.guidelines).filter(|g| !g.trim().is_empty()),
         };
         let state = LabelingState::open(dir, Options { overlap: a.overlap, guidelines })?;
-        let store = apl::store::Store::open(&apl::RunDir::new(dir).store())?;
-        let n = store.annotators()?.len();
+        let n = labeling::open_run_store(dir)?.annotators()?.len();
         app = app.with_labeling(state);
         lines.push(format!("labeling {}: http://{addr}/ (dashboard: http://{addr}/dashboard)", dir.display()));
         if n == 0 {
@@ -140,11 +139,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             (Some(_), None) => bail!("--round needs --run DIR (the run whose checkpoint to serve)"),
             (Some(r), Some(dir)) => {
                 let cfg = run_config(dir)?;
-                let base = if cfg.model.is_empty() || a.model.model.is_some() {
-                    a.model.load()?
-                } else {
-                    ModelArgs { model: Some(PathBuf::from(&cfg.model)), device: a.model.device.clone() }.load()?
-                };
+                let base = crate::run::load_model(&cfg, &a.model)?;
                 let model = apl::policy::load_policy(&base, cfg.train.lora.as_ref(), &apl::RunDir::new(dir), r)?;
                 let name = dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
                 (model, a.model_id.clone().unwrap_or_else(|| format!("{name}-round{r}")))
@@ -180,11 +175,7 @@ pub fn annotators(action: AnnotatorsAction) -> Result<()> {
             Ok(())
         }
         AnnotatorsAction::List { run } => {
-            let path = apl::RunDir::new(&run).store();
-            if !path.is_file() {
-                bail!("no run store at {}", path.display());
-            }
-            let store = apl::store::Store::open(&path)?;
+            let store = labeling::open_run_store(&run)?;
             let (stats, agreement) = labeling::annotator_stats(&store)?;
             if stats.is_empty() {
                 eprintln!(

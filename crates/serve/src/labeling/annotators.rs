@@ -1,7 +1,7 @@
 //! Annotators: their tokens (shown once; the store keeps only the SHA-256), names, registration, and the
 //! per-annotator statistics and agreement that the dashboard and `activepref annotators list` report.
 
-use super::open_existing;
+use super::open_run_store;
 use super::stats::{cohen_kappa, median, Agreement};
 use anyhow::{bail, Result};
 use apl::store::{Annotator, Store};
@@ -35,7 +35,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// in clear).
 pub fn add_annotator(run_dir: &Path, name: &str) -> Result<(Annotator, String)> {
     validate_name(name)?;
-    let store = open_existing(run_dir)?;
+    let store = open_run_store(run_dir)?;
     let token = new_token();
     let a = store.add_annotator(name, &hash_token(&token))?;
     Ok((a, token))

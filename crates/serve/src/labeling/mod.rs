@@ -135,7 +135,7 @@ async fn label_page(State(st): State<Arc<LabelingState>>) -> Html<String> {
 }
 
 /// The store of the run at `run_dir`, which must exist (the run creates it).
-fn open_existing(run_dir: &std::path::Path) -> anyhow::Result<apl::store::Store> {
+pub fn open_run_store(run_dir: &std::path::Path) -> anyhow::Result<apl::store::Store> {
     let path = apl::RunDir::new(run_dir).store();
     if !path.is_file() {
         anyhow::bail!(

@@ -3,7 +3,7 @@
 //! draw, the leases that keep two annotators off the same query, and who a bearer token belongs to.
 
 use super::annotators::hash_token;
-use super::open_existing;
+use super::open_run_store;
 use super::{ApiError, Options, DEFAULT_GUIDELINES, LABEL_HTML, LEASE};
 use anyhow::{bail, Context as _, Result};
 use apl::store::{Annotator, OpenQuery, Query, Store};
@@ -47,7 +47,7 @@ impl LabelingState {
         if !(0.0..=1.0).contains(&opts.overlap) {
             bail!("--overlap {}: give a share between 0 and 1 (e.g. 0.1 = one query in ten)", opts.overlap);
         }
-        let store = open_existing(run_dir)?;
+        let store = open_run_store(run_dir)?;
         if store.meta("labeling_secret")?.is_none() {
             store.set_meta("labeling_secret", &format!("{:032x}", rand::random::<u128>()))?;
         }
