@@ -70,6 +70,10 @@ fn a_store_from_the_previous_release_is_migrated_and_reads_back_the_same() {
     let hash = format!("{:x}", Sha256::digest(b"adc2ec50a4708eecb01de35ce5b82d4d"));
     assert_eq!(store.annotator_by_token(&hash).unwrap().unwrap().name, "alice");
 
+    // The migrated store takes what later versions added: removing an annotator revokes the token.
+    store.remove_annotator("alice").unwrap();
+    assert!(store.annotator_by_token(&hash).unwrap().is_none());
+
     // Opening again is a no-op: every migration ran once.
     drop(store);
     let store = Store::open(&dir.join("store.sqlite")).unwrap();

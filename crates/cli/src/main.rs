@@ -37,7 +37,8 @@ enum Command {
     Experiment(run::ExperimentArgs),
     /// Serve the labeling page and live dashboard over a run (127.0.0.1:8787), and with --openai a model at /v1.
     Serve(serve::ServeArgs),
-    /// A run's annotators for the labeling page: `add NAME` (prints their token once), `list`.
+    /// A run's annotators for the labeling page: `add NAME` (prints their token once), `list`, `rotate NAME`
+    /// (a new token), `remove NAME` (revokes access).
     Annotators {
         #[command(subcommand)]
         action: serve::AnnotatorsAction,

@@ -70,6 +70,18 @@ pub enum AnnotatorsAction {
         #[arg(long, visible_alias = "run-dir", value_name = "DIR")]
         run: PathBuf,
     },
+    /// Give an annotator a new token and print it (once); the old token stops working at once
+    Rotate {
+        name: String,
+        #[arg(long, visible_alias = "run-dir", value_name = "DIR")]
+        run: PathBuf,
+    },
+    /// Revoke an annotator's access (their token stops working at once); the answers they gave stay
+    Remove {
+        name: String,
+        #[arg(long, visible_alias = "run-dir", value_name = "DIR")]
+        run: PathBuf,
+    },
 }
 
 /// The configuration a run was started with.
@@ -170,6 +182,20 @@ pub fn annotators(action: AnnotatorsAction) -> Result<()> {
             println!("{token}");
             eprintln!(
                 "They open the labeling page (`activepref serve --run {}`, then http://127.0.0.1:8787/) and paste it.",
+                run.display()
+            );
+            Ok(())
+        }
+        AnnotatorsAction::Rotate { name, run } => {
+            let token = labeling::rotate_token(&run, &name)?;
+            eprintln!("new token for {name:?} in {} (the old one no longer works), shown only now:", run.display());
+            println!("{token}");
+            Ok(())
+        }
+        AnnotatorsAction::Remove { name, run } => {
+            labeling::remove_annotator(&run, &name)?;
+            eprintln!(
+                "removed annotator {name:?} from {}: their token no longer works; the answers they gave stay",
                 run.display()
             );
             Ok(())

@@ -593,6 +593,49 @@ fn pages_and_stats_are_served() {
 }
 
 #[test]
+fn a_rotated_or_removed_token_stops_working_and_the_answers_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    make_run(dir.path(), 4, 4);
+    let (alice, bob) = (add(dir.path(), "alice"), add(dir.path(), "bob"));
+    let url = start(dir.path(), Options::default());
+    let a = Client::new(&url, Some(&alice));
+    let (s, v) = a.label(a.next_id(), "A");
+    assert_eq!(s, 200, "{v}");
+
+    // Rotate: the old token is refused at once, the new one works and is still alice.
+    let fresh = labeling::rotate_token(dir.path(), "alice").unwrap();
+    assert_ne!(fresh, alice);
+    assert_eq!(a.get_json("/api/next").0, 401);
+    let a2 = Client::new(&url, Some(&fresh));
+    assert_eq!(a2.next()["annotator"], "alice");
+
+    // Remove bob: his token is refused; alice's answer (and label) stay; his name is not given out again.
+    let b = Client::new(&url, Some(&bob));
+    let (s, v) = b.label(b.next_id(), "B");
+    assert_eq!(s, 200, "{v}");
+    labeling::remove_annotator(dir.path(), "bob").unwrap();
+    assert_eq!(b.get_json("/api/next").0, 401);
+    let (s, _) = b.label(3, "A");
+    assert_eq!(s, 401);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM labels"), 2);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM annotations WHERE annotator_id = 2"), 1);
+    let e = labeling::add_annotator(dir.path(), "bob").unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+    // Removing or rotating someone who is not there says so, naming them.
+    for e in [
+        labeling::remove_annotator(dir.path(), "bob").unwrap_err().to_string(),
+        labeling::rotate_token(dir.path(), "bob").unwrap_err().to_string(),
+        labeling::rotate_token(dir.path(), "carol").unwrap_err().to_string(),
+    ] {
+        assert!(e.contains("no annotator named"), "{e}");
+    }
+    // The dashboard still counts bob's answer.
+    let (_, st) = Client::new(&url, None).get_json("/api/stats");
+    let names: Vec<&str> = st["annotators"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice", "bob"]);
+}
+
+#[test]
 fn the_cli_helpers_refuse_a_missing_run_and_duplicate_names() {
     let dir = tempfile::tempdir().unwrap();
     let e = labeling::add_annotator(dir.path(), "alice").unwrap_err().to_string();

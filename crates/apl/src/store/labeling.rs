@@ -138,14 +138,42 @@ impl Store {
         Ok(Annotator { id: self.conn.last_insert_rowid(), name: name.to_string(), created_at })
     }
 
-    /// The annotator holding the token with this SHA-256 (hex), if any.
+    /// The annotator holding the token with this SHA-256 (hex), if any and not removed.
     pub fn annotator_by_token(&self, token_sha256: &str) -> Result<Option<Annotator>> {
         Ok(self
             .conn
-            .query_row("SELECT id, name, created_at FROM annotators WHERE token_sha256 = ?1", [token_sha256], |r| {
-                Ok(Annotator { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)? })
-            })
+            .query_row(
+                "SELECT id, name, created_at FROM annotators WHERE token_sha256 = ?1 AND removed_at IS NULL",
+                [token_sha256],
+                |r| Ok(Annotator { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)? }),
+            )
             .optional()?)
+    }
+
+    /// Gives the annotator `name` a new token (by its SHA-256, hex): the old one stops working at once.
+    pub fn rotate_annotator_token(&self, name: &str, token_sha256: &str) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE annotators SET token_sha256 = ?2 WHERE name = ?1 AND removed_at IS NULL",
+            params![name, token_sha256],
+        )?;
+        if n == 0 {
+            return Err(Refusal::NotFound(format!("no annotator named {name:?} (or they were removed)")).into());
+        }
+        Ok(())
+    }
+
+    /// Removes the annotator `name`: their token stops working at once; their answers and labels stay (the
+    /// loop may have trained on them), and so does their name, which is not given to anyone else.
+    pub fn remove_annotator(&self, name: &str) -> Result<()> {
+        // The token hash is replaced by a value no SHA-256 hex can equal (and unique, as the column must be).
+        let n = self.conn.execute(
+            "UPDATE annotators SET removed_at = ?2, token_sha256 = 'removed:' || id WHERE name = ?1 AND removed_at IS NULL",
+            params![name, now()],
+        )?;
+        if n == 0 {
+            return Err(Refusal::NotFound(format!("no annotator named {name:?} (or they were removed already)")).into());
+        }
+        Ok(())
     }
 
     /// Every annotator, in the order they were added.

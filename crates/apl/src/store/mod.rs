@@ -75,6 +75,8 @@ pub const MIGRATIONS: &[&str] = &[
         candidate_id INTEGER NOT NULL REFERENCES candidates(id),
         annotator_id INTEGER NOT NULL REFERENCES annotators(id),
         created_at TEXT NOT NULL, PRIMARY KEY (candidate_id, annotator_id));",
+    // 3: annotators can be removed (their access revoked; their answers stay).
+    "ALTER TABLE annotators ADD COLUMN removed_at TEXT;",
 ];
 
 /// The version this build writes and understands: the number of migrations.

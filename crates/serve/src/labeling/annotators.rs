@@ -41,6 +41,19 @@ pub fn add_annotator(run_dir: &Path, name: &str) -> Result<(Annotator, String)> 
     Ok((a, token))
 }
 
+/// Gives the annotator `name` of the run at `run_dir` a new token and returns it (the old one stops working).
+pub fn rotate_token(run_dir: &Path, name: &str) -> Result<String> {
+    let store = open_run_store(run_dir)?;
+    let token = new_token();
+    store.rotate_annotator_token(name, &hash_token(&token))?;
+    Ok(token)
+}
+
+/// Revokes the annotator `name`'s access to the run at `run_dir`; their answers stay.
+pub fn remove_annotator(run_dir: &Path, name: &str) -> Result<()> {
+    open_run_store(run_dir)?.remove_annotator(name)
+}
+
 /// Per-annotator statistics, as `/api/stats` and `activepref annotators list` report them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnnotatorStats {

@@ -40,7 +40,10 @@ mod security;
 mod state;
 mod stats;
 
-pub use annotators::{add_annotator, annotator_stats, hash_token, new_token, validate_name, AnnotatorStats};
+pub use annotators::{
+    add_annotator, annotator_stats, hash_token, new_token, remove_annotator, rotate_token, validate_name,
+    AnnotatorStats,
+};
 pub use error::ApiError;
 pub use progress::Progress;
 pub use state::LabelingState;
