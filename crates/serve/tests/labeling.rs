@@ -238,7 +238,8 @@ fn cross_site_posts_are_refused_and_write_nothing() {
         assert_eq!(s, 403, "{headers:?}: {v}");
     }
     nothing_written(dir.path());
-    // The page's own origin is accepted.
+    // The page's own origin is accepted (for the query on this annotator's page).
+    assert_eq!(c.next_id(), 1);
     let (s, v) = c.post_raw("/api/label", Some("application/json; charset=utf-8"), &[("Origin", &url)], json_body);
     assert_eq!(s, 200, "{v}");
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM labels"), 1);
@@ -593,6 +594,30 @@ fn pages_and_stats_are_served() {
 }
 
 #[test]
+fn an_annotator_can_answer_only_the_query_on_their_page() {
+    let dir = tempfile::tempdir().unwrap();
+    make_run(dir.path(), 4, 4);
+    let (alice, bob) = (add(dir.path(), "alice"), add(dir.path(), "bob"));
+    let url = start(dir.path(), Options::default());
+    let (a, b) = (Client::new(&url, Some(&alice)), Client::new(&url, Some(&bob)));
+    // Query 1 is on alice's page: bob cannot answer it, nor query 3, which nobody was shown.
+    assert_eq!(a.next_id(), 1);
+    for id in [1, 3] {
+        let (s, v) = b.label(id, "A");
+        assert_eq!(s, 409, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("not on your page"), "{v}");
+    }
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM annotations"), 0);
+    // Once shown, it is his to answer; alice's stays hers.
+    assert_eq!(b.next_id(), 2);
+    let (s, v) = b.label(2, "A");
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = a.label(1, "B");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM labels"), 2);
+}
+
+#[test]
 fn a_rotated_or_removed_token_stops_working_and_the_answers_stay() {
     let dir = tempfile::tempdir().unwrap();
     make_run(dir.path(), 4, 4);
@@ -822,8 +847,9 @@ fn make_demo_run(dir: &Path) {
                 _ => Some(positive),
             };
             let secs = |x: usize| Some(3.0 + (x * 7 % 9) as f64);
-            store.record_annotation(id, first, Some(positive), i % 2 == 1, secs(i), false).unwrap();
-            store.record_annotation(id, second, other, i % 3 == 1, secs(i + 4), true).unwrap();
+            let grant = |second_opinion| apl::store::Grant { shown: true, second_opinion };
+            store.record_annotation(id, first, Some(positive), i % 2 == 1, secs(i), grant(false)).unwrap();
+            store.record_annotation(id, second, other, i % 3 == 1, secs(i + 4), grant(true)).unwrap();
         }
         let (labelled, _) = store.label_counts(round).unwrap();
         store.mark_trained(round, 8 * round, labelled, Some(0.69 - 0.08 * round as f64), 40.0).unwrap();

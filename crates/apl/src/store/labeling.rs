@@ -11,6 +11,15 @@ use anyhow::{bail, Result};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
+/// What the labeling app lets an annotator's answer about a query be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grant {
+    /// The query is on the annotator's page: the app handed it to them (a lease, or a second opinion).
+    pub shown: bool,
+    /// The overlap rule asks for a second opinion on this query.
+    pub second_opinion: bool,
+}
+
 /// A person who labels through the web app. The store keeps only the SHA-256 of their token.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Annotator {
@@ -279,7 +288,9 @@ impl Store {
     /// Commits one annotator's answer about a query (`preferred` in the store's order; `None` = a tie) and,
     /// if nobody answered it before, the query's label (a tie becomes a label with no preference, which the
     /// loop drops and re-acquires). A query already labelled takes the answer only as a second opinion, and
-    /// only when `allow_second_opinion` (the caller's overlap rule) says so. Durable before it returns.
+    /// only when the caller's overlap rule asks for one ([`Grant::second_opinion`]). An answer about a query
+    /// that was not shown to this annotator ([`Grant::shown`]) is refused, after the refusals that say why
+    /// the query cannot be answered by anyone. Durable before it returns.
     pub fn record_annotation(
         &self,
         query_id: i64,
@@ -287,7 +298,7 @@ impl Store {
         preferred: Option<usize>,
         swapped: bool,
         seconds: Option<f64>,
-        allow_second_opinion: bool,
+        grant: Grant,
     ) -> Result<AnnotationOutcome> {
         if preferred.is_some_and(|p| p > 1) {
             bail!("answer about query {query_id}: preferred must be 0 or 1, got {preferred:?}");
@@ -315,12 +326,19 @@ impl Store {
             if mine > 0 {
                 return Err(Refusal::Conflict(format!("you already answered query {query_id}")).into());
             }
-            if labelled && !(allow_second_opinion && answers == 1) {
+            if labelled && !(grant.second_opinion && answers == 1) {
                 return Err(Refusal::Conflict(format!("query {query_id} is already labelled")).into());
             }
             if !labelled && trained {
                 return Err(Refusal::Conflict(format!(
                     "round {round} is already trained; query {query_id} is no longer asked"
+                ))
+                .into());
+            }
+            if !grant.shown {
+                return Err(Refusal::Conflict(format!(
+                    "query {query_id} is not on your page (it was not shown to you, or is now another \
+                     annotator's): ask /api/next for your query"
                 ))
                 .into());
             }

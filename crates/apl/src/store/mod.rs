@@ -15,7 +15,7 @@
 mod labeling;
 mod run;
 
-pub use labeling::{Annotation, AnnotationOutcome, Annotator, OpenQuery, Refusal, RoundProgress, Undone};
+pub use labeling::{Annotation, AnnotationOutcome, Annotator, Grant, OpenQuery, Refusal, RoundProgress, Undone};
 pub use run::{Candidate, Judgment, Label, Prompt, Query, ScoredPoint, TrainedRound};
 
 use anyhow::{anyhow, bail, Context as _, Result};

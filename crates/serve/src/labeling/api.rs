@@ -5,7 +5,7 @@ use super::annotators::annotator_stats;
 use super::progress::{progress, progress_of};
 use super::{ApiError, LabelingState};
 use anyhow::Result;
-use apl::store::{OpenQuery, Store};
+use apl::store::{Grant, OpenQuery, Store};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -76,7 +76,8 @@ pub(super) async fn api_label(
     let (outcome, progress) = st
         .with_store(move |st, s| {
             let seconds = st.shown_for(who.id, id);
-            let result = s.record_annotation(id, &who, preferred, swapped, seconds, st.wants_second_opinion(id));
+            let grant = Grant { shown: st.is_shown_to(who.id, id), second_opinion: st.wants_second_opinion(id) };
+            let result = s.record_annotation(id, &who, preferred, swapped, seconds, grant);
             // Saved, or refused because someone else answered: either way this query is done on the page. The
             // lease ends only now, after the commit (see `pick`).
             st.release(who.id, id);

@@ -12,7 +12,10 @@
 //!   annotator) from a keyed hash. The page sends back what it showed ("A", "B", "tie"); the server recomputes
 //!   the swap and undoes it. The client is never trusted to un-swap.
 //! - **Several annotators at once** must not label the same query twice by accident: `/api/next` gives each
-//!   annotator a lease on the query it shows ([`LEASE`]); other annotators get other queries meanwhile.
+//!   annotator a lease on the query it shows ([`LEASE`]); other annotators get other queries meanwhile. An
+//!   answer is taken only for the query on the annotator's own page (their lease, or the second opinion they
+//!   were handed; 409 otherwise), so nobody labels by id a query shown to someone else or to no one. A lease
+//!   past its time still lets its holder answer until another annotator is handed the query.
 //! - **Agreement**: a share (`overlap`) of the queries, chosen by a keyed hash of the query id, is also shown to
 //!   a second annotator. Rule: the *first* answer becomes the label at once (the loop never waits for a second
 //!   opinion); the second goes only to `annotations` and into Cohen's kappa and Krippendorff's alpha. Undoing

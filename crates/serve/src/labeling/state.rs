@@ -168,18 +168,29 @@ impl LabelingState {
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
         let lists = lists()?;
         let now = Instant::now();
-        leases.retain(|_, l| l.expires > now);
+        // Expired leases stay in the map (one per annotator at most): an expired lease no longer keeps a query
+        // from the others, but its annotator may still answer it while nobody else has taken it.
         let all = || lists.iter().enumerate().flat_map(|(k, l)| l.iter().map(move |q| (q, k)));
+        let taken: HashSet<i64> =
+            leases.iter().filter(|(a, l)| **a != me && l.expires > now).map(|(_, l)| l.query).collect();
         if let Some(l) = leases.get_mut(&me) {
-            if let Some((q, k)) = all().find(|(q, _)| q.id == l.query) {
+            if let Some((q, k)) = all().find(|(q, _)| q.id == l.query && !taken.contains(&q.id)) {
                 l.expires = now + LEASE;
                 return Ok(Some((q.clone(), k)));
             }
         }
-        let taken: HashSet<i64> = leases.iter().filter(|(a, _)| **a != me).map(|(_, l)| l.query).collect();
         let Some((q, k)) = all().find(|(q, _)| !taken.contains(&q.id)) else { return Ok(None) };
         leases.insert(me, Lease { query: q.id, shown_at: now, expires: now + LEASE });
         Ok(Some((q.clone(), k)))
+    }
+
+    /// Whether `query` is on `me`'s page: their lease (a query or second opinion `pick` handed them), even
+    /// if it has expired, as long as no other annotator holds a live lease on it.
+    pub(super) fn is_shown_to(&self, me: i64, query: i64) -> bool {
+        let now = Instant::now();
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases.get(&me).is_some_and(|l| l.query == query)
+            && !leases.iter().any(|(a, l)| *a != me && l.query == query && l.expires > now)
     }
 
     /// Seconds `query` has been on `me`'s page, if it is their open query.
