@@ -54,6 +54,11 @@ pub struct ServeArgs {
     /// time); more get a 429 with Retry-After, which OpenAI clients retry
     #[arg(long, value_name = "N", default_value_t = ::serve::openai::DEFAULT_MAX_WAITING)]
     pub max_waiting: usize,
+    /// A host name requests may use to reach this server (repeatable), e.g. a reverse proxy's or this
+    /// machine's DNS name. IP addresses, localhost and the --addr name always work; other names are refused,
+    /// which stops DNS-rebinding pages from reaching a server on this machine.
+    #[arg(long, value_name = "NAME")]
+    pub allowed_host: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -113,7 +118,17 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         bail!("nothing to serve: give --run DIR (the labeling app over a run) and/or --openai (a model at /v1)");
     }
     let addr = listen_addr(&a.addr, a.public)?;
-    let mut app = ::serve::Server::new();
+    if a.openai && a.public && a.api_key_env.is_none() {
+        bail!(
+            "refusing --public --openai without --api-key-env VAR: anyone who can reach this machine could use the \
+             model. Put a key in an environment variable and name it with --api-key-env"
+        );
+    }
+    let mut hosts = a.allowed_host.clone();
+    if let Some((name, _)) = a.addr.rsplit_once(':') {
+        hosts.push(name.trim_matches(['[', ']']).to_string());
+    }
+    let mut app = ::serve::Server::new().with_allowed_hosts(hosts);
     let mut lines = Vec::new();
     if let Some(dir) = &a.run {
         let guidelines = match &a.guidelines {
@@ -135,6 +150,16 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         }
     }
     if a.openai {
+        let key = match &a.api_key_env {
+            Some(var) => {
+                let key = std::env::var(var).with_context(|| format!("--api-key-env {var}: variable not set"))?;
+                if key.trim().is_empty() {
+                    bail!("--api-key-env {var}: the variable is empty; put the API key in it");
+                }
+                Some(key)
+            }
+            None => None,
+        };
         let path = match &a.model.model {
             Some(p) => p.clone(),
             None => crate::assets::default_model()?,
@@ -142,10 +167,6 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         let model_id = a.model_id.clone().unwrap_or_else(|| {
             path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
         });
-        let key = match &a.api_key_env {
-            Some(var) => Some(std::env::var(var).with_context(|| format!("--api-key-env {var}: variable not set"))?),
-            None => None,
-        };
         let (model, model_id) = match (a.round, &a.run) {
             (None, _) => (a.model.load()?, model_id),
             (Some(_), None) => bail!("--round needs --run DIR (the run whose checkpoint to serve)"),

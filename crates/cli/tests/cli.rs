@@ -414,3 +414,13 @@ fn dpo_bad_inputs_give_clear_errors() {
         &["bogus"],
     );
 }
+
+#[test]
+fn serve_refuses_a_public_model_without_a_key_and_an_empty_key() {
+    fails_with(&["serve", "--openai", "--public", "--addr", "0.0.0.0:0"], &["--public --openai", "--api-key-env"]);
+    std::env::set_var("ACTIVEPREF_TEST_EMPTY_KEY", "");
+    fails_with(
+        &["serve", "--openai", "--addr", "127.0.0.1:0", "--api-key-env", "ACTIVEPREF_TEST_EMPTY_KEY"],
+        &["ACTIVEPREF_TEST_EMPTY_KEY", "empty"],
+    );
+}

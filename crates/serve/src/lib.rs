@@ -7,10 +7,13 @@
 //!   a run's checkpoint, so the LLM-judge oracle (or any OpenAI client) can talk to a local model. Inside:
 //!   `admission` (API key, the waiting-request limit), `request` (body parsing, prompts, chat rendering),
 //!   `generate` (sampling jobs, stop strings), `stream` (server-sent events), `endpoints`, `error`;
-//! - [`server`]: [`Server`], one listener for either or both, and [`serve_blocking`] for a bare router.
+//! - [`server`]: [`Server`], one listener for either or both, and [`serve_blocking`] for a bare router;
+//! - [`guard`]: in front of every route of a [`Server`]: a `Host` it answers to (DNS rebinding) and no
+//!   cross-site writes to `/v1`.
 //!
-//! It listens on 127.0.0.1 unless told otherwise; every write needs an annotator token.
+//! It listens on 127.0.0.1 unless told otherwise; every write needs an annotator token, or the API key.
 
+pub mod guard;
 pub mod labeling;
 pub mod openai;
 pub mod server;

@@ -2,20 +2,29 @@
 //! its own so that callers (the CLI) assemble and run the server without naming axum, and so that serving
 //! belongs to neither router.
 
+use crate::guard::AllowedHosts;
 use crate::labeling::{self, LabelingState};
 use crate::openai::{self, OpenAiState};
 use anyhow::Result;
 use std::sync::Arc;
 
-/// The routers to serve on one listener; empty until `with_*` adds them (an empty server answers 404).
+/// The routers to serve on one listener; empty until `with_*` adds them (an empty server answers 404). Every
+/// route is behind [`crate::guard`]: a `Host` this server answers to, and no cross-site writes.
 #[derive(Default)]
 pub struct Server {
     app: axum::Router,
+    hosts: AllowedHosts,
 }
 
 impl Server {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Host names requests may name besides IP literals and `localhost` (the `--addr` name, a proxy's name).
+    pub fn with_allowed_hosts(mut self, names: Vec<String>) -> Self {
+        self.hosts = AllowedHosts(names);
+        self
     }
 
     /// Adds the labeling app ([`labeling::router`]): pages, static files and their API.
@@ -32,7 +41,12 @@ impl Server {
 
     /// Serves on `listener` as [`serve_blocking`] does.
     pub fn serve_blocking(self, listener: std::net::TcpListener, stop_on_ctrl_c: bool) -> Result<()> {
-        serve_blocking(listener, self.app, stop_on_ctrl_c)
+        serve_blocking(listener, self.router(), stop_on_ctrl_c)
+    }
+
+    /// Everything served, behind the guard.
+    pub fn router(self) -> axum::Router {
+        self.app.layer(axum::middleware::from_fn_with_state(Arc::new(self.hosts), crate::guard::guard))
     }
 }
 

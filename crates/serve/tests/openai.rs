@@ -10,6 +10,7 @@ mod common;
 
 use common::serve;
 use serve::openai::OpenAiState;
+use std::sync::Arc;
 use std::time::Duration;
 
 const MODEL_ID: &str = "tiny-llama";
@@ -498,4 +499,50 @@ fn requests_beyond_the_waiting_limit_get_a_429_to_retry() {
     // Nobody is left counted as waiting: the next request gets in.
     let (status, v) = post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2}));
     assert_eq!(status, 200, "{v}");
+}
+
+/// Sends one raw HTTP/1.1 request (so the test controls every header, `Host` included); returns the status
+/// and the body.
+fn raw(addr: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+#[test]
+fn foreign_hosts_and_cross_site_writes_are_refused_and_the_bearer_scheme_is_any_case() {
+    let state = OpenAiState::new(tiny(), MODEL_ID).with_api_key(Some("k3y".into()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let app = ::serve::Server::new().with_allowed_hosts(vec!["labels.example.org".into()]).with_openai(Arc::new(state));
+    std::thread::spawn(move || app.serve_blocking(listener, false).unwrap());
+    let body = r#"{"model": "tiny-llama", "prompt": "Hi", "max_tokens": 2}"#;
+    let req = |host: &str, extra: &str, ct: &str| {
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: bEaReR k3y\r\n{extra}Content-Type: {ct}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends Host: evil.example.
+    let (s, b) = raw(&addr, &req("evil.example", "", "application/json"));
+    assert_eq!(s, 403, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("evil.example"), "{v}");
+    // A simple cross-site POST (text/plain needs no preflight) from another origin.
+    let (s, b) = raw(&addr, &req(&addr, "Origin: http://evil.example\r\n", "text/plain"));
+    assert_eq!(s, 403, "{b}");
+    let (s, b) = raw(&addr, &req(&addr, "Sec-Fetch-Site: cross-site\r\n", "application/json"));
+    assert_eq!(s, 403, "{b}");
+    // What a client sends: an IP or localhost or an allowed name as Host, no Origin; the scheme in any case.
+    let port = addr.rsplit(':').next().unwrap();
+    for host in [addr.clone(), format!("localhost:{port}"), format!("labels.example.org:{port}")] {
+        let (s, b) = raw(&addr, &req(&host, "", "application/json"));
+        assert_eq!(s, 200, "{host}: {b}");
+    }
 }

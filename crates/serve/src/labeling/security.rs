@@ -48,24 +48,8 @@ pub(super) async fn same_origin_json(req: Request, next: Next) -> Response {
 }
 
 fn cross_site_refusal(h: &HeaderMap, uri: &axum::http::Uri) -> Option<ApiError> {
-    let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
-    if let Some(origin) = h.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
-        if !matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h)) {
-            return Some(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("cross-origin request refused: Origin {origin:?} is not this server ({})", host.unwrap_or("?")),
-            ));
-        }
-    }
-    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        if !matches!(site, "same-origin" | "none") {
-            return Some(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("cross-origin request refused (Sec-Fetch-Site: {site})"),
-            ));
-        }
+    if let Some(why) = crate::guard::foreign_origin(h, uri) {
+        return Some(ApiError::new(StatusCode::FORBIDDEN, why));
     }
     let json = h
         .get(header::CONTENT_TYPE)

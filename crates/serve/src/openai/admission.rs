@@ -46,7 +46,10 @@ impl OpenAiState {
 pub(super) async fn require_api_key(State(s): State<Arc<OpenAiState>>, req: Request, next: Next) -> Response {
     let Some(key) = &s.api_key else { return next.run(req).await };
     let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
-    let token = given.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let token = given
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer").then_some(t));
     let message = match token {
         None => "no API key given: send `Authorization: Bearer <key>` with the key this server was started with",
         // Comparing digests takes the same time wherever the keys differ and whatever their lengths.
