@@ -17,7 +17,7 @@ use crate::config::{ActiveConfig, OracleKind, Retrain};
 use crate::eval::Evaluation;
 use crate::event::Event;
 use crate::oracles::OracleHandle;
-use crate::policy::{load_policy, load_trainable};
+use crate::policy::{load_policy, load_trainable, save_trainable};
 use crate::report::write_outputs;
 use crate::results::{round_results, RoundResult};
 use crate::run_dir::{write_atomic, RunDir};
@@ -188,6 +188,11 @@ impl<'a> ActiveLoop<'a> {
                 self.label_round(round, target, &policy)?;
                 drop(policy);
                 self.train_round(round, target)?;
+            } else if let Err(e) = load_trainable(&self.base, &self.dir, round) {
+                // The store says trained, the file is gone or damaged (deleted, or a crash the disk did not
+                // survive): the labels are all in the store, so train the round again.
+                self.emit(Event::Info(format!("round {round}: {e:#}; training it again from its stored labels")));
+                self.train_round(round, target)?;
             }
             if self.cfg.eval.every_round || round == last {
                 self.evaluate(round)?;
@@ -353,10 +358,8 @@ impl<'a> ActiveLoop<'a> {
         trainer.run(|s| {
             events(Event::Progress { what: "DPO steps".into(), done: s.step as usize, total: s.total as usize })
         })?;
-        let path = self.dir.policy(round);
-        let tmp = path.with_extension("partial");
-        candle_core::safetensors::save(&trainer.trainable_tensors(), &tmp)?;
-        std::fs::rename(&tmp, &path)?;
+        // On disk (file and directory entry) before the store says the round is trained.
+        save_trainable(&self.dir, round, &trainer.trainable_tensors())?;
         let loss = last_loss(&out.join("metrics.jsonl"));
         self.store.mark_trained(round, target, n, loss, t0.elapsed().as_secs_f64())?;
         Ok(())

@@ -3,7 +3,7 @@
 //! serves it; both load it here, so a policy means the same thing everywhere.
 
 use crate::run_dir::RunDir;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::Tensor;
 use dpo::train::LoraConfig;
 use lm::LanguageModel;
@@ -30,6 +30,22 @@ pub fn load_trainable(base: &LanguageModel, dir: &RunDir, round: usize) -> Resul
     }
     candle_core::safetensors::load(&path, base.device())
         .map_err(|e| anyhow!("{}: {e} (delete round-{round} to retrain it)", path.display()))
+}
+
+/// Saves the trainable tensors after `round`, durably: written to a temporary file, synced, renamed into
+/// place, and the directory synced, so once this returns a power cut cannot leave the name over missing data.
+pub fn save_trainable(dir: &RunDir, round: usize, t: &HashMap<String, Tensor>) -> Result<()> {
+    let path = dir.policy(round);
+    let tmp = path.with_extension("partial");
+    candle_core::safetensors::save(t, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    sync_dir(&dir.round(round))
+}
+
+/// Syncs a directory, so the entries renamed into it are on disk.
+pub fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// A plain model from the base and a round's trainable tensors (LoRA A/B merged in, or full weights).

@@ -7,7 +7,7 @@ use apl::config::{ActiveConfig, OracleKind, Strategy};
 use apl::store::Store;
 use apl::testing::{movie_texts, tiny_config, LetterE};
 use apl::{ActiveLoop, Event, OracleHandle};
-use candle_core::DType;
+use candle_core::{DType, Device};
 use lm::testing::tiny_model;
 use oracle::{Answer, Comparison, Oracle, ScoreOracle, Scorer};
 use std::path::Path;
@@ -418,4 +418,42 @@ fn offline_simulation_takes_pairs_and_labels_from_a_preference_file() {
     run.ensure_pool(&texts, &file).unwrap();
     let e = run.run().unwrap_err().to_string();
     assert!(e.contains("every prompt of the preference file has been acquired"), "{e}");
+}
+
+#[test]
+fn a_trained_round_whose_policy_file_is_lost_is_trained_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let asked = Arc::new(AtomicUsize::new(0));
+    run_to_end(dir, &asked);
+    let (want, questions) = (fingerprint(dir), asked.load(Ordering::SeqCst));
+    let load = |r: usize| {
+        let t = candle_core::safetensors::load(dir.join(format!("round-{r}/policy.safetensors")), &Device::Cpu);
+        let mut t: Vec<(String, Vec<f32>)> =
+            t.unwrap().into_iter().map(|(n, x)| (n, x.flatten_all().unwrap().to_vec1().unwrap())).collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (p1, p2) = (load(1), load(2));
+    // The store says both rounds are trained; one file is gone, the other cut short (a power cut after the
+    // rename reached the disk but not the data, or a person deleting round-1 as the old advice said).
+    std::fs::remove_dir_all(dir.join("round-1")).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(dir.join("round-2/policy.safetensors")).unwrap();
+    f.set_len(100).unwrap();
+    drop(f);
+    let mut infos = Vec::new();
+    let mut ev = |e: Event| {
+        if let Event::Info(s) = e {
+            infos.push(s)
+        }
+    };
+    open(&cfg(), dir, oracle(&asked, None), &mut ev).run().unwrap();
+    assert!(infos.iter().any(|s| s.contains("round 1:") && s.contains("training it again")), "{infos:?}");
+    assert!(infos.iter().any(|s| s.contains("round 2:") && s.contains("training it again")), "{infos:?}");
+    // Nothing else is lost or redone: the same labels and judgments, no question asked again, and the same
+    // policies as before (training is deterministic on one machine).
+    assert_eq!(fingerprint(dir), want);
+    assert_eq!(asked.load(Ordering::SeqCst), questions);
+    assert_eq!((load(1), load(2)), (p1, p2));
+    assert_eq!(Store::open(&dir.join("store.sqlite")).unwrap().rounds().unwrap().len(), 2);
 }

@@ -38,7 +38,10 @@ impl Trainer {
             self.policy.save(&tmp)?;
         }
         let _ = std::fs::remove_dir_all(&dir);
+        // On disk before it has its name (a resume trusts any `checkpoint-N`), and the name on disk after.
+        sync_files_and_dir(&tmp)?;
         std::fs::rename(&tmp, &dir).with_context(|| format!("moving the checkpoint to {}", dir.display()))?;
+        sync_files_and_dir(&self.out)?;
         Ok(())
     }
 
@@ -126,6 +129,17 @@ impl Trainer {
         self.resume(&ckpt)?;
         Ok(Some(ckpt))
     }
+}
+
+/// Syncs the plain files directly in `dir`, then `dir` itself (its entries).
+fn sync_files_and_dir(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_file() {
+            std::fs::File::open(&p).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", p.display()))?;
+        }
+    }
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// The latest `checkpoint-N` directory under `out`, if any.

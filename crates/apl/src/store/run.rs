@@ -325,10 +325,14 @@ impl Store {
             > 0)
     }
 
+    /// Records that `round` is trained (again, after a retrain of a round whose policy file was lost).
     pub fn mark_trained(&self, round: usize, target: usize, labels: usize, loss: Option<f64>, secs: f64) -> Result<()> {
         self.conn.execute(
             "INSERT INTO rounds (round, target, labels, train_loss, train_seconds, trained_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(round) DO UPDATE SET target = excluded.target, labels = excluded.labels,
+                 train_loss = excluded.train_loss, train_seconds = excluded.train_seconds,
+                 trained_at = excluded.trained_at",
             params![round as i64, target as i64, labels as i64, loss, secs, now()],
         )?;
         Ok(())
