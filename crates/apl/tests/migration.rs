@@ -19,7 +19,10 @@ fn copy() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["store.sqlite", "config.toml"] {
+    for f in ["store.sqlite", "config.toml", "round-1/policy.safetensors", "round-2/policy.safetensors"] {
+        if let Some(parent) = Path::new(f).parent() {
+            std::fs::create_dir_all(dir.join(parent)).unwrap();
+        }
         std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
     }
     (tmp, dir)
@@ -90,8 +93,8 @@ fn a_finished_run_from_the_previous_release_resumes_without_redoing_anything() {
             stages.push(s)
         }
     };
-    // The starting model is never used: every round is trained and evaluated already (a model of another
-    // shape would fail loudly if anything were sampled, scored or trained).
+    // The starting model is never used: every round is trained (its policy file readable) and evaluated
+    // already (a model of another shape would fail loudly if anything were sampled, scored or trained).
     let model = lm::testing::tiny_model("llama", 1, DType::F32).unwrap();
     let oracle = OracleHandle::Sync(Box::new(oracle::ScoreOracle(LetterE)));
     let mut run = ActiveLoop::open(cfg, &dir, model, oracle, None, &mut ev).unwrap();
