@@ -4,7 +4,8 @@
 //! N (`round-N/train/` the trainer's checkpoints while it runs); `metrics.jsonl`, `labels.jsonl` and
 //! `report.html` are derived from the store and rewritten after every step ([`crate::report::write_outputs`]).
 //! Whole files the run rewrites (the config, the derived files) go through [`write_atomic`], so a reader (or a
-//! resumed run) never sees half a file; the policy and the trainer's checkpoints are renamed into place too.
+//! resumed run) never sees half a file; the policy ([`crate::policy::save_trainable`]) and the trainer's
+//! checkpoints are synced and renamed into place too.
 
 use crate::config::ActiveConfig;
 use anyhow::{Context as _, Result};
