@@ -19,7 +19,7 @@ use crate::event::Event;
 use crate::oracles::OracleHandle;
 use crate::policy::{load_policy, load_trainable, save_trainable};
 use crate::report::write_outputs;
-use crate::results::{round_results, RoundResult};
+use crate::results::RoundResult;
 use crate::run_dir::{write_atomic, RunDir};
 use crate::seed::seed_for;
 use crate::seed::stream::{ACQUIRE, TRAIN};
@@ -381,21 +381,6 @@ impl<'a> ActiveLoop<'a> {
             events: &mut *self.events,
         }
         .run(round)
-    }
-
-    /// Per-round results from the store.
-    pub fn results(&self) -> Result<Vec<RoundResult>> {
-        round_results(&self.store)
-    }
-
-    /// Rewrites the derived files — metrics.jsonl, labels.jsonl (TRL format), report.html — from the store.
-    pub fn write_outputs(&self) -> Result<Vec<RoundResult>> {
-        write_outputs(&self.store, &self.cfg, &self.dir)
-    }
-
-    /// The kind of oracle this run asks (for messages).
-    pub fn oracle_kind(&self) -> OracleKind {
-        self.cfg.oracle.kind
     }
 }
 
