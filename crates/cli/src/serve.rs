@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 // `::serve` is the activepref-serve crate; plain `serve` here would be this module.
 use ::serve::labeling::{self, LabelingState, Options};
@@ -54,6 +55,20 @@ pub struct ServeArgs {
     /// time); more get a 429 with Retry-After, which OpenAI clients retry
     #[arg(long, value_name = "N", default_value_t = ::serve::openai::DEFAULT_MAX_WAITING)]
     pub max_waiting: usize,
+    /// With --openai: most tokens one /v1 request may ask the model to process, n × (prompt tokens +
+    /// max_tokens) summed over its prompts; more get a 400
+    #[arg(long, value_name = "N", default_value_t = ::serve::openai::DEFAULT_MAX_REQUEST_TOKENS)]
+    pub max_request_tokens: usize,
+    /// Seconds a connection may take to send a request's head (also how long an idle kept-alive connection
+    /// stays open); then it is closed
+    #[arg(long, value_name = "SECS", default_value_t = ::serve::connections::DEFAULT_HEADER_TIMEOUT.as_secs())]
+    pub header_timeout: u64,
+    /// Seconds a request's body may take to arrive in full; then it gets a 408
+    #[arg(long, value_name = "SECS", default_value_t = ::serve::connections::DEFAULT_BODY_TIMEOUT.as_secs())]
+    pub body_timeout: u64,
+    /// Most connections open at once; more wait to be accepted until one closes
+    #[arg(long, value_name = "N", default_value_t = ::serve::connections::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// A host name requests may use to reach this server (repeatable), e.g. a reverse proxy's or this
     /// machine's DNS name. IP addresses, localhost and the --addr name always work; other names are refused,
     /// which stops DNS-rebinding pages from reaching a server on this machine.
@@ -128,7 +143,15 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if let Some((name, _)) = a.addr.rsplit_once(':') {
         hosts.push(name.trim_matches(['[', ']']).to_string());
     }
-    let mut app = ::serve::Server::new().with_allowed_hosts(hosts);
+    if a.header_timeout == 0 || a.body_timeout == 0 || a.max_connections == 0 || a.max_request_tokens == 0 {
+        bail!("--header-timeout, --body-timeout, --max-connections and --max-request-tokens must be at least 1");
+    }
+    let limits = ::serve::Limits {
+        header_timeout: Duration::from_secs(a.header_timeout),
+        body_timeout: Duration::from_secs(a.body_timeout),
+        max_connections: a.max_connections,
+    };
+    let mut app = ::serve::Server::new().with_allowed_hosts(hosts).with_limits(limits);
     let mut lines = Vec::new();
     if let Some(dir) = &a.run {
         let guidelines = match &a.guidelines {
@@ -180,7 +203,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         };
         let state = ::serve::openai::OpenAiState::new(model, model_id.clone())
             .with_api_key(key)
-            .with_max_waiting(a.max_waiting);
+            .with_max_waiting(a.max_waiting)
+            .with_max_request_tokens(a.max_request_tokens);
         app = app.with_openai(Arc::new(state));
         lines.push(format!("OpenAI-compatible API: http://{addr}/v1 (model {model_id:?})"));
     }

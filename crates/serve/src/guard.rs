@@ -57,15 +57,20 @@ pub fn foreign_origin(h: &HeaderMap, uri: &Uri) -> Option<String> {
     None
 }
 
-/// A refusal in the body shape of the route's API: OpenAI's `{"error": {...}}` under `/v1`, the labeling
-/// app's `{"error": "..."}` elsewhere.
-fn forbidden(path: &str, message: String) -> Response {
+/// A refusal in the body shape of the route's API: OpenAI's `{"error": {...}}` (with `code`) under `/v1`, the
+/// labeling app's `{"error": "..."}` elsewhere. Also used for refusals made outside any router
+/// (`body_deadline`).
+pub(crate) fn refusal(path: &str, status: StatusCode, code: &str, message: String) -> Response {
     let body = if path.starts_with("/v1/") || path == "/v1" {
-        json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": "forbidden"}})
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}})
     } else {
         json!({"error": message})
     };
-    (StatusCode::FORBIDDEN, Json(body)).into_response()
+    (status, Json(body)).into_response()
+}
+
+fn forbidden(path: &str, message: String) -> Response {
+    refusal(path, StatusCode::FORBIDDEN, "forbidden", message)
 }
 
 /// The middleware: refuses a foreign `Host` on every route, and a cross-site write under `/v1` (the labeling

@@ -9,13 +9,18 @@
 //!   `generate` (sampling jobs, stop strings), `stream` (server-sent events), `endpoints`, `error`;
 //! - [`server`]: [`Server`], one listener for either or both, and [`serve_blocking`] for a bare router;
 //! - [`guard`]: in front of every route of a [`Server`]: a `Host` it answers to (DNS rebinding) and no
-//!   cross-site writes to `/v1`.
+//!   cross-site writes to `/v1`;
+//! - [`connections`]: the accept loop and its [`Limits`]: a timeout for a request's head and one for its body
+//!   (`body_deadline`), and the most connections open at once.
 //!
 //! It listens on 127.0.0.1 unless told otherwise; every write needs an annotator token, or the API key.
 
+mod body_deadline;
+pub mod connections;
 pub mod guard;
 pub mod labeling;
 pub mod openai;
 pub mod server;
 
+pub use connections::Limits;
 pub use server::{serve_blocking, Server};

@@ -1,7 +1,8 @@
 //! One listener for whatever is served: the labeling app, the OpenAI-compatible endpoints, or both. A type of
 //! its own so that callers (the CLI) assemble and run the server without naming axum, and so that serving
-//! belongs to neither router.
+//! belongs to neither router. Connections are accepted within [`Limits`] (see [`crate::connections`]).
 
+use crate::connections::{self, Limits};
 use crate::guard::AllowedHosts;
 use crate::labeling::{self, LabelingState};
 use crate::openai::{self, OpenAiState};
@@ -14,6 +15,7 @@ use std::sync::Arc;
 pub struct Server {
     app: axum::Router,
     hosts: AllowedHosts,
+    limits: Limits,
 }
 
 impl Server {
@@ -24,6 +26,12 @@ impl Server {
     /// Host names requests may name besides IP literals and `localhost` (the `--addr` name, a proxy's name).
     pub fn with_allowed_hosts(mut self, names: Vec<String>) -> Self {
         self.hosts = AllowedHosts(names);
+        self
+    }
+
+    /// Sets the timeouts and the connection limit ([`Limits::default`] otherwise).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -39,9 +47,10 @@ impl Server {
         self
     }
 
-    /// Serves on `listener` as [`serve_blocking`] does.
+    /// Serves on `listener` as [`serve_blocking`] does, within this server's limits.
     pub fn serve_blocking(self, listener: std::net::TcpListener, stop_on_ctrl_c: bool) -> Result<()> {
-        serve_blocking(listener, self.router(), stop_on_ctrl_c)
+        let limits = self.limits.clone();
+        run(listener, self.router(), &limits, stop_on_ctrl_c)
     }
 
     /// Everything served, behind the guard.
@@ -50,23 +59,26 @@ impl Server {
     }
 }
 
-/// Serves `app` on `listener` until the process ends or, with `stop_on_ctrl_c`, until Ctrl-C (requests in
-/// flight finish first, so no acknowledged label is cut off). Builds its own tokio runtime.
+/// Serves `app` on `listener`, within the default [`Limits`], until the process ends or, with
+/// `stop_on_ctrl_c`, until Ctrl-C (requests in flight finish first, so no acknowledged label is cut off).
+/// Builds its own tokio runtime.
 pub fn serve_blocking(listener: std::net::TcpListener, app: axum::Router, stop_on_ctrl_c: bool) -> Result<()> {
+    run(listener, app, &Limits::default(), stop_on_ctrl_c)
+}
+
+fn run(listener: std::net::TcpListener, app: axum::Router, limits: &Limits, stop_on_ctrl_c: bool) -> Result<()> {
     listener.set_nonblocking(true)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let serve = axum::serve(listener, app);
-        if stop_on_ctrl_c {
-            serve
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await
-        } else {
-            serve.await
-        }
-    })?;
-    Ok(())
+        let shutdown = async move {
+            if stop_on_ctrl_c {
+                let _ = tokio::signal::ctrl_c().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        connections::serve(listener, app, limits, shutdown).await;
+        anyhow::Ok(())
+    })
 }

@@ -1,6 +1,8 @@
-//! The OpenAI-compatible endpoints over real HTTP (ureq against `axum::serve` on an ephemeral port), serving a
-//! tiny random model: response shapes, seeded determinism equal to calling the sampler directly, usage
-//! counts, stop strings, errors in OpenAI's format, the API key and concurrent requests.
+//! The OpenAI-compatible endpoints over real HTTP (ureq, or raw TCP where the test must control the connection,
+//! against `serve::Server` on an ephemeral port), serving a tiny random model: response shapes, seeded
+//! determinism equal to calling the sampler directly, usage counts, stop strings, errors in OpenAI's format,
+//! the API key, concurrent requests, and what one request may cost: its size, its token budget, and a
+//! generation that stops when its client hangs up.
 
 use candle_core::DType;
 use lm::model::LanguageModel;
@@ -10,8 +12,10 @@ mod common;
 
 use common::serve;
 use serve::openai::OpenAiState;
+use std::io::Write;
+use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MODEL_ID: &str = "tiny-llama";
 
@@ -544,5 +548,142 @@ fn foreign_hosts_and_cross_site_writes_are_refused_and_the_bearer_scheme_is_any_
     for host in [addr.clone(), format!("localhost:{port}"), format!("labels.example.org:{port}")] {
         let (s, b) = raw(&addr, &req(&host, "", "application/json"));
         assert_eq!(s, 200, "{host}: {b}");
+    }
+}
+
+#[test]
+fn stop_strings_are_capped_in_number_and_length() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID));
+    let body = |stop: Value| json!({"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2, "stop": stop});
+    let (s, b) = post(&base, "/v1/completions", &body(json!(["a", "b", "c", "d", "e"])));
+    assert_openai_error(s, &b, 400, Some("stop"));
+    // Each is matched against the text after every token: 256 bytes at most.
+    let (s, b) = post(&base, "/v1/completions", &body(json!(["a", "é".repeat(128) + "x"])));
+    assert_openai_error(s, &b, 400, Some("stop"));
+    assert!(b["error"]["message"].as_str().unwrap().contains("256 bytes"), "{b}");
+    let (s, b) = post(&base, "/v1/completions", &body(json!(["a", "b", "c", "é".repeat(128)])));
+    assert_eq!(s, 200, "{b}");
+}
+
+#[test]
+fn requests_over_the_token_budget_are_refused() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID).with_max_request_tokens(100));
+    let ids: Vec<u32> = (1..=10).collect();
+    let completions = |body: Value| post(&base, "/v1/completions", &body);
+    // n × (prompt + max_tokens) = 2 × (10 + 50) = 120 tokens; token-id prompts count as they are.
+    let (s, b) = completions(json!({"model": MODEL_ID, "prompt": ids, "max_tokens": 50, "n": 2}));
+    assert_openai_error(s, &b, 400, Some("n"));
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(message.contains("120") && message.contains("100"), "{b}");
+    // Every prompt counts: 10 + 10 + 2 × 45 = 110.
+    let (s, b) = completions(json!({"model": MODEL_ID, "prompt": [ids, ids], "max_tokens": 45}));
+    assert_openai_error(s, &b, 400, Some("max_tokens"));
+    // So does the default length: a chat answer may fill what the 128-token context leaves.
+    let chat = json!({"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}]});
+    let (s, b) = post(&base, "/v1/chat/completions", &chat);
+    assert_openai_error(s, &b, 400, Some("messages"));
+    // Text prompts count their tokens (one a byte here): 11 + 95 fits the context, not the budget.
+    let (s, b) = completions(json!({"model": MODEL_ID, "prompt": "Hello there", "max_tokens": 95}));
+    assert_openai_error(s, &b, 400, Some("max_tokens"));
+    assert!(b["error"]["code"].is_null(), "a budget refusal, not the context's: {b}");
+    // At the budget exactly: served.
+    let (s, b) = completions(json!({"model": MODEL_ID, "prompt": ids, "max_tokens": 40, "n": 2}));
+    assert_eq!(s, 200, "{b}");
+}
+
+/// A request that keeps the tiny model busy for seconds: 32 sequences, one per forward pass.
+fn long_request(stream: bool) -> Value {
+    json!({"model": MODEL_ID, "prompt": "Once upon a time", "max_tokens": 100, "n": 32, "seed": 5, "stream": stream})
+}
+
+/// Sends a request on a raw connection and returns the connection without reading the answer, so that the
+/// test can hang up.
+fn send_raw(base: &str, path: &str, body: &Value) -> TcpStream {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let body = body.to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    s
+}
+
+#[test]
+fn a_client_that_hangs_up_frees_the_model() {
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID).with_batch_size(1));
+    let small = json!({"model": MODEL_ID, "prompt": "Hi", "max_tokens": 1});
+    for stream in [false, true] {
+        // How long the long request takes when its client waits for the answer.
+        let start = Instant::now();
+        let mut resp = agent().post(format!("{base}/v1/completions")).send_json(long_request(stream)).unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.body_mut().read_to_string().unwrap();
+        let whole = start.elapsed();
+        assert!(whole > Duration::from_secs(1), "the long request takes only {whole:?}: the test would prove nothing");
+
+        // The same request, and the client hangs up while it generates.
+        let conn = send_raw(&base, "/v1/completions", &long_request(stream));
+        std::thread::sleep(Duration::from_millis(300));
+        drop(conn);
+        let hung_up = Instant::now();
+        // The next request waits for the model; it gets it as soon as the first generation has stopped.
+        let (s, b) = post(&base, "/v1/completions", &small);
+        assert_eq!(s, 200, "{b}");
+        let freed = hung_up.elapsed();
+        assert!(
+            freed < whole / 4,
+            "stream {stream}: the model was free {freed:?} after the client hung up; the whole request takes {whole:?}"
+        );
+    }
+}
+
+#[test]
+fn prompts_are_refused_by_size_before_waiting_and_tokenized_in_their_turn() {
+    // No request may wait: one that needs the model while it is busy gets a 429 at once.
+    let base = serve(OpenAiState::new(tiny(), MODEL_ID).with_batch_size(1).with_max_waiting(0));
+    let too_big = [
+        // The tiny model's context is 128 tokens: 1024 bytes of text at most, 127 token ids.
+        ("/v1/completions", json!({"model": MODEL_ID, "prompt": "x".repeat(1025)}), "prompt"),
+        ("/v1/completions", json!({"model": MODEL_ID, "prompt": ["Hi", "x".repeat(1025)]}), "prompt"),
+        ("/v1/completions", json!({"model": MODEL_ID, "prompt": vec![1u32; 128]}), "prompt"),
+        (
+            "/v1/chat/completions",
+            json!({"model": MODEL_ID, "messages": [
+                {"role": "system", "content": "x".repeat(600)}, {"role": "user", "content": "x".repeat(600)}]}),
+            "messages",
+        ),
+    ];
+    let check = |busy: bool| {
+        for (path, body, param) in &too_big {
+            let (s, b) = post(&base, path, body);
+            assert_openai_error(s, &b, 400, Some(param));
+            assert_eq!(b["error"]["code"], "context_length_exceeded", "busy {busy}: {b}");
+            let bytes = body.to_string().contains("xxx");
+            assert!(!bytes || b["error"]["message"].as_str().unwrap().contains("1024 bytes"), "{b}");
+        }
+    };
+    check(false);
+    // While the model is busy they are still refused at once, by their size: no turn needed.
+    let conn = send_raw(&base, "/v1/completions", &long_request(false));
+    std::thread::sleep(Duration::from_millis(300));
+    check(true);
+    // A prompt whose length only the tokenizer can tell (200 bytes, more than 128 tokens) is tokenized in its
+    // turn: it waits for the model like any request, and with no waiting allowed that is a 429.
+    let (s, b) = post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": "x".repeat(200)}));
+    assert_openai_error(s, &b, 429, None);
+    drop(conn);
+    // In its turn it is refused for its length.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, b) = post(&base, "/v1/completions", &json!({"model": MODEL_ID, "prompt": "x".repeat(200)}));
+        if s != 429 || Instant::now() > deadline {
+            assert_openai_error(s, &b, 400, Some("prompt"));
+            assert_eq!(b["error"]["code"], "context_length_exceeded");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -1,21 +1,38 @@
 //! What a request must pass before its body is even read: the API key (when the server has one), an allowed
-//! method, and — before generating — a turn at the model, refused with a 429 when too many requests already
-//! wait (see the `openai` module docs).
+//! method, and — before tokenizing and generating — a turn at the model, refused with a 429 when too many
+//! requests already wait (see the `openai` module docs).
 
+use super::generate::blocking;
 use super::{ApiError, OpenAiState};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use lm::model::LanguageModel;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
+/// The right to use the model (tokenizer included); released when dropped.
+pub(super) type Turn = OwnedSemaphorePermit;
+
 impl OpenAiState {
-    /// Waits for the model, or refuses at once when `max_waiting` requests already wait. The permit is the
-    /// right to generate; it is released when dropped.
-    pub(super) async fn take_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    /// Takes a turn, then runs `tokenize` on the blocking pool in it, and returns the prompts' tokens with
+    /// the turn. Tokenizing is work on the model's behalf, so it waits as generation does: a flood of prompts
+    /// meets the waiting limit rather than the tokenizer, and never runs beside a generation, even when its
+    /// client hangs up meanwhile (the turn is released when the tokenizer is done).
+    pub(super) async fn tokenize_in_turn(
+        self: &Arc<Self>,
+        tokenize: impl FnOnce(&LanguageModel) -> Result<Vec<Vec<u32>>, ApiError> + Send + 'static,
+    ) -> Result<(Vec<Vec<u32>>, Turn), ApiError> {
+        let turn = self.take_turn().await?;
+        let st = self.clone();
+        blocking(move || Ok((tokenize(&st.model)?, turn))).await
+    }
+
+    /// Waits for the model, or refuses at once when `max_waiting` requests already wait.
+    async fn take_turn(&self) -> Result<Turn, ApiError> {
         if let Ok(p) = self.busy.clone().try_acquire_owned() {
             return Ok(p);
         }

@@ -1,9 +1,12 @@
-//! The handlers of the three routes: each reads its request (`request`), has it tokenized off the async
-//! threads, and answers in its endpoint's shape, as one JSON body (`generate`) or as a stream (`stream`).
+//! The handlers of the three routes: each reads and checks its request (`request`), has it tokenized in its
+//! turn at the model (`admission`), and answers in its endpoint's shape, as one JSON body (`generate`) or as a
+//! stream (`stream`).
 
-use super::generate::{blocking, run_generation, Endpoint, Job};
+use super::admission::Turn;
+use super::generate::{run_generation, Endpoint, Job};
 use super::request::{
-    parse_body, parse_messages, parse_prompt, tokenize_chat, tokenize_prompt, too_many_sequences, SamplingRequest,
+    check_messages_size, check_prompt_sizes, parse_body, parse_messages, parse_prompt, tokenize_chat, tokenize_prompt,
+    too_many_sequences, SamplingRequest,
 };
 use super::stream::{stream_generation, ChunkHead};
 use super::{ApiError, OpenAiState, DEFAULT_CHAT_MAX_TOKENS, DEFAULT_COMPLETION_MAX_TOKENS, MAX_SEQUENCES};
@@ -32,9 +35,10 @@ pub(super) async fn completions(
     if prompts.len() * opts.n > MAX_SEQUENCES {
         return Err(too_many_sequences(prompts.len(), opts.n));
     }
-    let st = s.clone();
-    let ids = blocking(move || prompts.into_iter().map(|p| tokenize_prompt(&st.model, p)).collect()).await?;
-    answer(&s, ids, &opts, "prompt", Endpoint::Completions).await
+    check_prompt_sizes(&prompts, s.model.config.max_position)?;
+    let (ids, turn) =
+        s.tokenize_in_turn(|model| prompts.into_iter().map(|p| tokenize_prompt(model, p)).collect()).await?;
+    answer(&s, turn, ids, &opts, "prompt", Endpoint::Completions).await
 }
 
 pub(super) async fn chat_completions(
@@ -51,14 +55,16 @@ pub(super) async fn chat_completions(
         return Err(ApiError::unsupported("tools (function calling) are not supported by this server", "tools"));
     }
     let messages = parse_messages(&obj)?;
-    let st = s.clone();
-    let ids = blocking(move || Ok(vec![tokenize_chat(&st.model, &messages)?])).await?;
-    answer(&s, ids, &opts, "messages", Endpoint::Chat).await
+    check_messages_size(&messages, s.model.config.max_position)?;
+    let (ids, turn) = s.tokenize_in_turn(move |model| Ok(vec![tokenize_chat(model, &messages)?])).await?;
+    answer(&s, turn, ids, &opts, "messages", Endpoint::Chat).await
 }
 
-/// Samples the tokenized prompts and answers as the endpoint does: one JSON body, or a stream of chunks.
+/// Samples the tokenized prompts in the request's turn and answers as the endpoint does: one JSON body, or a
+/// stream of chunks.
 async fn answer(
     s: &Arc<OpenAiState>,
+    turn: Turn,
     prompts: Vec<Vec<u32>>,
     opts: &SamplingRequest,
     prompt_param: &'static str,
@@ -67,9 +73,9 @@ async fn answer(
     let job = Job::new(s, prompts, opts, prompt_param)?;
     let head = ChunkHead::new(endpoint, &s.model_id, opts.include_usage);
     if opts.stream {
-        return stream_generation(s, job, head).await;
+        return stream_generation(s, turn, job, head);
     }
-    let (usage, choices) = run_generation(s, job).await?;
+    let (usage, choices) = run_generation(s, turn, job).await?;
     let choices: Vec<Value> = choices
         .into_iter()
         .enumerate()

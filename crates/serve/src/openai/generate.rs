@@ -1,11 +1,14 @@
-//! Generation: a request's checked sampling job (prompts against the context, the completion length), where
-//! a choice's text ends (stop strings, EOS, length), and the non-streaming run on tokio's blocking pool, one
-//! request at a time, with a panic turned into a 500 for that request.
+//! Generation: a request's checked sampling job (prompts against the context, the completion length, the
+//! token budget), where a choice's text ends (stop strings, EOS, length), and the non-streaming run on tokio's
+//! blocking pool, one request at a time, stopped when its client hangs up, with a panic turned into a 500 for
+//! that request.
 
-use super::request::SamplingRequest;
+use super::admission::Turn;
+use super::request::{no_room, SamplingRequest};
 use super::{ApiError, OpenAiState};
 use lm::sample::{generate_watched, Sample, SampleParams};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// One generated choice, ready for the response.
@@ -23,7 +26,8 @@ pub(super) struct Job {
 }
 
 impl Job {
-    /// Checks the prompts against the context and settles the completion length.
+    /// Checks the prompts against the context, settles the completion length and checks the request's token
+    /// budget.
     pub(super) fn new(
         s: &OpenAiState,
         prompts: Vec<Vec<u32>>,
@@ -39,14 +43,7 @@ impl Job {
                 ));
             }
             if p.len() >= ctx {
-                return Err(ApiError::context(
-                    format!(
-                        "this model's maximum context length is {ctx} tokens, but the prompt has {} tokens, leaving \
-                         no room for a completion; shorten the prompt",
-                        p.len()
-                    ),
-                    prompt_param,
-                ));
+                return Err(no_room(ctx, p.len(), prompt_param));
             }
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
@@ -66,7 +63,25 @@ impl Job {
             }
             None => opts.default_max_tokens.min(ctx - longest),
         };
-        let prompt_tokens = prompts.iter().map(Vec::len).sum();
+        let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
+        // Every row holds its own copy of its prompt and may grow by `max_new`.
+        let budget = opts.n.saturating_mul(prompt_tokens.saturating_add(prompts.len().saturating_mul(max_new)));
+        if budget > s.max_request_tokens {
+            // The parameter named is the first a client would turn down.
+            let param = if opts.n > 1 { "n" } else { opts.max_tokens.map_or(prompt_param, |(_, name)| name) };
+            let per_n = match prompts.len() {
+                1 => format!("{prompt_tokens} prompt tokens + {max_new} completion tokens"),
+                k => format!("{prompt_tokens} prompt tokens in {k} prompts + {k} × {max_new} completion tokens"),
+            };
+            return Err(ApiError::invalid(
+                format!(
+                    "this request asks for {budget} tokens, n = {} × ({per_n}); this server takes at most {} \
+                     per request; lower `n` or the completion length, or send fewer or shorter prompts",
+                    opts.n, s.max_request_tokens
+                ),
+                Some(param),
+            ));
+        }
         let rows = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), opts.n)).collect();
         let params = SampleParams {
             max_new_tokens: max_new,
@@ -79,14 +94,34 @@ impl Job {
         Ok(Self { rows, params, stop: opts.stop.clone(), prompt_tokens })
     }
 
-    /// Samples every row, calling `on_token` as [`generate_watched`] does (return `false` to end a row).
+    /// Samples every row, calling `on_token` as [`generate_watched`] does (return `false` to end a row), until
+    /// `gone()` says the client has hung up: then every row ends at its next token and no further batch is
+    /// started, and the result is an error nobody will read.
     pub(super) fn sample(
         &self,
         st: &OpenAiState,
-        on_token: impl FnMut(usize, &Sample) -> bool,
+        gone: impl Fn() -> bool,
+        mut on_token: impl FnMut(usize, &Sample) -> bool,
     ) -> Result<Vec<Sample>, ApiError> {
-        generate_watched(&st.model, &self.rows, &self.params, None, st.batch_size, 0, |_| {}, on_token)
-            .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))
+        let batch = st.batch_size.max(1);
+        let mut samples = Vec::with_capacity(self.rows.len());
+        // Batch by batch as `generate_watched` would go itself (row `i` keeps its RNG stream through
+        // `first_index`, so the text is the same), to look at `gone` between batches too.
+        for (b, rows) in self.rows.chunks(batch).enumerate() {
+            if gone() {
+                return Err(ApiError::server("the client hung up; generation stopped"));
+            }
+            let first = b * batch;
+            let watch = |i: usize, smp: &Sample| !gone() && on_token(i, smp);
+            samples.extend(
+                generate_watched(&st.model, rows, &self.params, None, batch, first, |_| {}, watch)
+                    .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))?,
+            );
+        }
+        if gone() {
+            return Err(ApiError::server("the client hung up; generation stopped"));
+        }
+        Ok(samples)
     }
 
     pub(super) fn usage(&self, completion_tokens: usize) -> Value {
@@ -124,21 +159,35 @@ pub(super) fn text_end(text: &str, sample: &Sample, max_new: usize, stop: &[Stri
     (end - held, None)
 }
 
-/// Samples the job's rows (one request at a time) and returns the `usage` object with the choices,
+/// Samples the job's rows in the request's `turn` and returns the `usage` object with the choices,
 /// prompt-major as OpenAI orders them. A choice stops sampling at the token that completes a stop string.
-pub(super) async fn run_generation(s: &Arc<OpenAiState>, job: Job) -> Result<(Value, Vec<Choice>), ApiError> {
-    // The permit moves into the blocking task, so a client that hangs up mid-generation still holds the model
-    // until its generation is finished, and the next request never runs beside it.
-    let permit = s.take_turn().await?;
+pub(super) async fn run_generation(
+    s: &Arc<OpenAiState>,
+    turn: Turn,
+    job: Job,
+) -> Result<(Value, Vec<Choice>), ApiError> {
+    // axum drops this future when the client hangs up; the generation on the blocking pool would run on to
+    // the end, holding the only model. The flag, set on that drop, stops it at its next token.
+    struct HangUp(Arc<AtomicBool>);
+    impl Drop for HangUp {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let hung_up = HangUp(Arc::new(AtomicBool::new(false)));
+    let flag = hung_up.0.clone();
     let st = s.clone();
     blocking(move || {
-        let _permit = permit;
+        // The turn moves into the blocking task, so the next request never runs beside a generation that is
+        // still stopping.
+        let _turn = turn;
+        let gone = || flag.load(Ordering::SeqCst);
         let model = &st.model;
         let decode = |ids: &[u32]| {
             model.tokenizer.decode(ids, true).map_err(|e| ApiError::server(format!("decoding the completion: {e:#}")))
         };
         let max_new = job.params.max_new_tokens;
-        let samples = job.sample(&st, |_, smp| {
+        let samples = job.sample(&st, gone, |_, smp| {
             // Only a stop string needs the text; an undecodable prefix is reported below, from the whole sample.
             job.stop.is_empty()
                 || decode(&smp.tokens).map_or(true, |t| text_end(&t, smp, max_new, &job.stop).1.is_none())

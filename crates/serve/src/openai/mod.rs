@@ -9,7 +9,7 @@
 //! knows nothing of runs. Behaviour, as close to OpenAI's as a single CPU-bound model allows:
 //! - `model` must name the served model (404 `model_not_found` otherwise, saying which one is served).
 //! - Sampling: `temperature` (0 = greedy, ≤ 2), `top_p`, `n`, `seed` (same seed, same text), `stop` (up to 4
-//!   strings; sampling of a choice ends at the token that completes one, the text is cut before it and
+//!   strings of at most [`MAX_STOP_BYTES`] bytes; sampling of a choice ends at the token that completes one, the text is cut before it and
 //!   `finish_reason` is `"stop"`), `max_tokens`
 //!   (`max_completion_tokens` too for chat) and, as vLLM does, `top_k`. Without a seed each request draws one.
 //!   The model's EOS ends a choice with `"stop"`; running out of tokens gives `"length"`. Special tokens are
@@ -36,6 +36,18 @@
 //! their turn; more get a 429 `rate_limit_exceeded` with `Retry-After`, which OpenAI clients (and our judge)
 //! retry, rather than an ever longer queue whose clients time out while their work is still to be done. A panic inside tokenization or generation
 //! becomes a 500 for that request; the server keeps serving.
+//!
+//! What one request may cost is bounded before the model does any of it, since one turn holds the only
+//! model:
+//! - A text prompt (or the messages' text) longer than [`MAX_PROMPT_BYTES_PER_TOKEN`] bytes per position of
+//!   the context cannot fit, and is refused by its size (`context_length_exceeded`) without being tokenized;
+//!   a token-id prompt that does not fit is refused before waiting too. Tokenizing, which is work for the
+//!   model, happens in the request's turn, so a flood of prompts meets the waiting limit before the tokenizer.
+//! - Its token budget, n × (prompt tokens + completion tokens) summed over its prompts (the completion length
+//!   being `max_tokens` or the endpoint's default), must be at most [`OpenAiState::max_request_tokens`]
+//!   ([`DEFAULT_MAX_REQUEST_TOKENS`]); token-id prompts count as they are.
+//! - A client that hangs up before its answer ends the generation at the next token, streaming or not, and
+//!   the model is free for the next request.
 
 mod admission;
 mod endpoints;
@@ -63,6 +75,15 @@ pub const DEFAULT_CHAT_MAX_TOKENS: usize = 256;
 pub const MAX_SEQUENCES: usize = 64;
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
+/// Longest stop string, in bytes: each is searched for in a choice's text after every token, and held-back
+/// text is matched against each of its prefixes, so the work grows with its square.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Most bytes of prompt text per position of the model's context: a longer text cannot fit (a token of
+/// English or code averages about 4 bytes; this allows twice that), so it is refused without tokenizing.
+pub const MAX_PROMPT_BYTES_PER_TOKEN: usize = 8;
+/// Most tokens one request may ask the model to process by default: n × (prompt + completion), summed over
+/// its prompts. 64 sequences of 512 tokens, or 4 of a full 8192-token context.
+pub const DEFAULT_MAX_REQUEST_TOKENS: usize = 32_768;
 /// Most requests waiting for the model while another generates (see the module docs).
 pub const DEFAULT_MAX_WAITING: usize = 64;
 
@@ -77,6 +98,8 @@ pub struct OpenAiState {
     pub batch_size: usize,
     /// Most requests that may wait for the model; one more gets a 429.
     pub max_waiting: usize,
+    /// Most tokens one request may ask for: n × (prompt + completion tokens), summed over its prompts.
+    pub max_request_tokens: usize,
     /// One permit: generations run one at a time (see the module docs).
     busy: Arc<Semaphore>,
     /// Requests waiting for the permit now.
@@ -92,6 +115,7 @@ impl OpenAiState {
             api_key: None,
             batch_size: 8,
             max_waiting: DEFAULT_MAX_WAITING,
+            max_request_tokens: DEFAULT_MAX_REQUEST_TOKENS,
             busy: Arc::new(Semaphore::new(1)),
             waiting: Arc::default(),
         }
@@ -106,6 +130,13 @@ impl OpenAiState {
     /// Sets how many requests may wait for the model (0 = none: a request that finds it busy gets a 429).
     pub fn with_max_waiting(mut self, max_waiting: usize) -> Self {
         self.max_waiting = max_waiting;
+        self
+    }
+
+    /// Sets the most tokens one request may ask for (n × (prompt + completion tokens), summed over its
+    /// prompts); a request over it gets a 400.
+    pub fn with_max_request_tokens(mut self, max_request_tokens: usize) -> Self {
+        self.max_request_tokens = max_request_tokens;
         self
     }
 

@@ -1,9 +1,11 @@
 //! Reading a request: its JSON body, the sampling fields both endpoints share, the prompts of
-//! `/v1/completions` and the messages of `/v1/chat/completions`, tokenized. Everything a request can be
-//! refused for (a 400 in OpenAI's format, or a 404 for another model) is found here, before the request waits
-//! for the model; fields that would change the answer and cannot be honoured are refused, not ignored.
+//! `/v1/completions` and the messages of `/v1/chat/completions`, their sizes, tokenized. What a request can be
+//! refused for by its fields and by the size of its prompts (a 400 in OpenAI's format, or a 404 for another
+//! model) is found here, before the request waits for the model; fields that would change the answer and
+//! cannot be honoured are refused, not ignored. Tokenizing runs later, in the request's turn (`admission`),
+//! and the tokens are checked against the context and the token budget then (`generate`).
 
-use super::{ApiError, OpenAiState, MAX_SEQUENCES, MAX_STOP};
+use super::{ApiError, OpenAiState, MAX_PROMPT_BYTES_PER_TOKEN, MAX_SEQUENCES, MAX_STOP, MAX_STOP_BYTES};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
@@ -131,6 +133,12 @@ impl SamplingRequest {
                 Some("stop"),
             ));
         }
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                format!("a stop string may have at most {MAX_STOP_BYTES} bytes, got one of {}", long.len()),
+                Some("stop"),
+            ));
+        }
         // An empty stop string would match at once; OpenAI ignores it too.
         let stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
         let stream = field::<bool>(obj, "stream")?.unwrap_or(false);
@@ -224,6 +232,51 @@ pub(super) fn parse_prompt(obj: &Map<String, Value>) -> Result<Vec<PromptInput>,
         Some(_) => return Err(bad()),
     };
     Ok(prompts)
+}
+
+/// Refuses, before any tokenizing, a prompt that cannot fit the model's context of `ctx` tokens: a text of
+/// more than [`MAX_PROMPT_BYTES_PER_TOKEN`] bytes a position, or `ctx` token ids or more.
+pub(super) fn check_prompt_sizes(prompts: &[PromptInput], ctx: usize) -> Result<(), ApiError> {
+    for (i, p) in prompts.iter().enumerate() {
+        match p {
+            PromptInput::Text(t) => check_text_size(t.len(), ctx, &format!("prompt {i}"), "prompt")?,
+            PromptInput::Tokens(ids) if ids.len() >= ctx => return Err(no_room(ctx, ids.len(), "prompt")),
+            PromptInput::Tokens(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// [`check_prompt_sizes`] for a conversation: the text of all its messages together (the chat template only
+/// adds to it).
+pub(super) fn check_messages_size(messages: &[Value], ctx: usize) -> Result<(), ApiError> {
+    let bytes = messages.iter().map(|m| m["content"].as_str().map_or(0, str::len)).sum();
+    check_text_size(bytes, ctx, "the messages' text", "messages")
+}
+
+fn check_text_size(bytes: usize, ctx: usize, what: &str, param: &str) -> Result<(), ApiError> {
+    let limit = ctx.saturating_mul(MAX_PROMPT_BYTES_PER_TOKEN);
+    if bytes > limit {
+        return Err(ApiError::context(
+            format!(
+                "{what} has {bytes} bytes; this model's maximum context length is {ctx} tokens, so this server \
+                 takes at most {limit} bytes ({MAX_PROMPT_BYTES_PER_TOKEN} per token) of prompt text; shorten it"
+            ),
+            param,
+        ));
+    }
+    Ok(())
+}
+
+/// A prompt of `tokens` tokens that leaves no room for a completion in a context of `ctx`.
+pub(super) fn no_room(ctx: usize, tokens: usize, param: &str) -> ApiError {
+    ApiError::context(
+        format!(
+            "this model's maximum context length is {ctx} tokens, but the prompt has {tokens} tokens, leaving no \
+             room for a completion; shorten the prompt"
+        ),
+        param,
+    )
 }
 
 pub(super) fn tokenize_prompt(model: &LanguageModel, p: PromptInput) -> Result<Vec<u32>, ApiError> {

@@ -2,6 +2,7 @@
 //! `openai` module docs for what is sent when). Kept apart from the non-streaming run because it is the one
 //! place where the text is cut while the generation goes on, and where a client can hang up mid-answer.
 
+use super::admission::Turn;
 use super::generate::{text_end, Endpoint, Job};
 use super::{ApiError, OpenAiState};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -60,14 +61,19 @@ impl ChunkHead {
     }
 }
 
-/// Answers with server-sent events while the job is sampled on the blocking pool (see the module docs).
-/// Everything that can be refused has been by now; a failure mid-stream is sent as an `error` event.
-pub(super) async fn stream_generation(s: &Arc<OpenAiState>, job: Job, head: ChunkHead) -> Result<Response, ApiError> {
-    let permit = s.take_turn().await?;
+/// Answers with server-sent events while the job is sampled on the blocking pool in the request's `turn` (see
+/// the module docs). Everything that can be refused has been by now; a failure mid-stream is sent as an
+/// `error` event.
+pub(super) fn stream_generation(
+    s: &Arc<OpenAiState>,
+    turn: Turn,
+    job: Job,
+    head: ChunkHead,
+) -> Result<Response, ApiError> {
     let (tx, rx) = mpsc::unbounded_channel::<Event>();
     let st = s.clone();
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _turn = turn;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stream_rows(&st, &job, &head, &tx)));
         let error = match outcome {
             Ok(Ok(())) => return,
@@ -81,8 +87,9 @@ pub(super) async fn stream_generation(s: &Arc<OpenAiState>, job: Job, head: Chun
     Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
-/// Samples the job, sending each choice's text as it grows; then usage (if asked for) and `[DONE]`. A send
-/// that fails means the client is gone: every row is ended, so the model is free again soon.
+/// Samples the job, sending each choice's text as it grows; then usage (if asked for) and `[DONE]`. A closed
+/// channel means the client is gone (the response body, which holds its receiver, was dropped): sampling
+/// stops at the next token, so the model is free again soon.
 fn stream_rows(
     st: &OpenAiState,
     job: &Job,
@@ -101,7 +108,9 @@ fn stream_rows(
     let mut sent = vec![String::new(); job.rows.len()];
     let mut completion_tokens = 0;
     let mut failure = None;
-    job.sample(st, |i, smp| {
+    // Checked before each token, so that the generation ends even while text is held back and nothing is sent.
+    let client_gone = || tx.is_closed();
+    job.sample(st, client_gone, |i, smp| {
         if gone || failure.is_some() {
             return false;
         }
