@@ -211,7 +211,7 @@ struct DpoArgs {
     #[arg(long)]
     beta: Option<f64>,
     /// Overrides `loss_type`: comma-separated TRL names (several are summed with `loss_weights`), from sigmoid,
-    /// robust, ipo, hinge, exo_pair, nca_pair, bco_pair, sppo_hard, apo_zero, apo_down, discopop, sft,
+    /// robust, ipo, hinge, exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_pair, apo_zero, apo_down, discopop, sft,
     /// sigmoid_norm, simpo, cpo, orpo, rdpo, dpo_shift, hdpo
     #[arg(long)]
     loss_type: Option<String>,

@@ -121,9 +121,7 @@ impl TrainConfig {
         if self.batch_size == 0 || self.gradient_accumulation_steps == 0 || self.epochs == 0 {
             bail!("batch_size, gradient_accumulation_steps and epochs must be at least 1");
         }
-        if self.loss.beta <= 0.0 {
-            bail!("loss.beta must be positive, got {}", self.loss.beta);
-        }
+        self.loss.validate(&self.loss_type)?;
         if self.sync_ref_model && self.precompute_ref_log_probs {
             bail!("sync_ref_model changes the reference during training; set precompute_ref_log_probs = false");
         }

@@ -13,6 +13,9 @@
 //! prompt + completion (the completion loses its end); `keep_end` keeps the last ones (the prompt loses its
 //! start). `max_prompt_length`, if set, first cuts the prompt to its last tokens. A pair whose completion
 //! would be left empty is skipped and counted.
+//!
+//! End of sequence (TRL's `tokenize_row`): a plain-text completion gets the tokenizer's EOS appended before
+//! truncation; a conversational one does not, since its rendering already ends the assistant turn.
 
 pub use crate::config::Truncation;
 
@@ -231,6 +234,13 @@ pub fn tokenize(
         }
         let mut c = tok.encode_plain(&p.chosen)?;
         let mut r = tok.encode_plain(&p.rejected)?;
+        // TRL's tokenize_row (0.27.2 dpo_trainer.py:734-736) ends plain-text completions with EOS, so the model
+        // learns where a preferred answer stops; a chat template already closes the turn, so rendered
+        // conversational completions get none.
+        if let (false, Some(&eos)) = (p.templated, tok.eos_token_ids.first()) {
+            c.push(eos);
+            r.push(eos);
+        }
         let mut pr = prompt.clone();
         let mut ok = true;
         for comp in [&mut c, &mut r] {

@@ -1,5 +1,6 @@
-//! activepref's preference trainer: the DPO loss family as pure functions over sequence log-probs, and
-//! the optimizers that apply their gradients. Usable alone (like TRL's DPOTrainer) and by the active loop:
+//! activepref's preference trainer: the DPO loss family as pure functions over sequence log-probs (per-token
+//! ones for WPO and LD-DPO), matched number for number against one pinned TRL release (0.27.2, see [`loss`]),
+//! and the optimizers that apply their gradients. Usable alone (like TRL's DPOTrainer) and by the active loop:
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {

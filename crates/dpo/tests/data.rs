@@ -97,18 +97,19 @@ fn truncation_keeps_start_or_end() {
     let (pairs, mut skipped) = read_jsonl(&p, &t).unwrap();
     // keep_start, max_length 14: the chosen completion loses its end; the second pair's prompt alone
     // fills the budget, so it is skipped and counted.
+    // Completions carry their EOS (TRL's tokenize_row), so "abcdef" is 7 tokens and "uv" 3.
     let out = tokenize(&pairs, &t, 14, None, Truncation::KeepStart, &mut skipped).unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].prompt.len(), 10);
-    assert_eq!(t.decode(&out[0].chosen, false).unwrap(), "abcd");
-    assert_eq!(t.decode(&out[0].rejected, false).unwrap(), "uv");
+    assert_eq!(t.decode(&out[0].chosen, false).unwrap(), "abcd", "the cut falls before the EOS");
+    assert_eq!(t.decode(&out[0].rejected, false).unwrap(), "uv<|endoftext|>");
     assert_eq!(skipped.truncated_away, vec![2]);
     // keep_end: the prompt loses its start instead, completions stay whole.
     let mut s = Skipped::default();
     let out = tokenize(&pairs, &t, 14, None, Truncation::KeepEnd, &mut s).unwrap();
-    assert_eq!(t.decode(&out[0].prompt, false).unwrap(), "23456789");
-    assert_eq!(t.decode(&out[0].chosen, false).unwrap(), "abcdef");
-    assert_eq!(t.decode(&out[1].prompt, false).unwrap(), "3456789ABCDEF");
+    assert_eq!(t.decode(&out[0].prompt, false).unwrap(), "3456789");
+    assert_eq!(t.decode(&out[0].chosen, false).unwrap(), "abcdef<|endoftext|>");
+    assert_eq!(t.decode(&out[1].prompt, false).unwrap(), "456789ABCDEF");
     // max_prompt_length cuts the prompt to its last tokens first.
     let out = tokenize(&pairs, &t, 100, Some(3), Truncation::KeepStart, &mut s).unwrap();
     assert_eq!(t.decode(&out[0].prompt, false).unwrap(), "789");
@@ -185,10 +186,42 @@ fn load_pairs_reads_parquet_like_the_equivalent_jsonl() {
     }
     let (pairs, skipped) = load_pairs(&fixture("explicit.snappy.parquet"), &t, &full).unwrap();
     assert_eq!((pairs.len(), skipped.identical.clone()), (2, vec![3]));
-    assert_eq!(t.decode(&pairs[1].chosen, false).unwrap(), " great");
+    assert_eq!(t.decode(&pairs[1].chosen, false).unwrap(), " great<|endoftext|>");
     // Truncation that leaves nothing is an error naming the file and max_length.
     let none = TrainConfig { max_length: 2, ..Default::default() };
     let e = load_pairs(&explicit, &t, &none).unwrap_err();
     assert_eq!(e.to_string(), format!("{}: no pairs left after truncation to max_length = 2", explicit.display()));
     assert!(format!("{e:#}").contains("whose completion is empty after truncation"), "{e:#}");
+}
+
+/// TRL's tokenize_row: plain-text completions end with EOS (else the model is never taught to stop after a
+/// preferred answer); conversational ones are already closed by the chat template and get no second end.
+#[test]
+fn plain_completions_end_with_eos_and_templated_ones_are_not_doubled() {
+    let t = tok();
+    let eos = t.eos_token_ids[0];
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "mixed.jsonl",
+        concat!(
+            "{\"prompt\": \"Q:\", \"chosen\": \" yes\", \"rejected\": \" no\"}\n",
+            "{\"chosen\": \"The film was great\", \"rejected\": \"The film was awful\"}\n",
+            "{\"prompt\": [{\"role\": \"user\", \"content\": \"hi\"}], \"chosen\": [{\"role\": \"assistant\", \"content\": \"hello\"}], \"rejected\": [{\"role\": \"assistant\", \"content\": \"go away\"}]}\n",
+        )
+        .as_bytes(),
+    );
+    let (toks, _) = load_pairs(&p, &t, &TrainConfig::default()).unwrap();
+    for pair in &toks[..2] {
+        for c in [&pair.chosen, &pair.rejected] {
+            assert_eq!(c.last(), Some(&eos), "line {}: a plain completion ends with EOS", pair.line);
+            assert_eq!(c.iter().filter(|&&x| x == eos).count(), 1);
+        }
+    }
+    assert_eq!(t.decode(&toks[0].chosen, true).unwrap(), " yes");
+    // Conversational: exactly the template's rendering of the turn, which ends it.
+    let conv = &toks[2];
+    assert_eq!(t.decode(&conv.chosen, false).unwrap(), "hello\n");
+    assert_eq!(t.decode(&conv.rejected, false).unwrap(), "go away\n");
+    assert!(!conv.chosen.contains(&eos) && !conv.rejected.contains(&eos));
 }

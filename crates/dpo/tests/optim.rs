@@ -1,5 +1,6 @@
 //! Each optimizer's first two steps against updates computed by hand (scalar f64 transcriptions of the
-//! papers' / PyTorch's update rules), plus schedules and clipping.
+//! papers' / PyTorch's update rules), RAdam into its rectified branch against PyTorch itself, plus schedules
+//! and clipping.
 
 use candle_core::{Device, Tensor, Var};
 use dpo::optim::{clip_grad_norm, learning_rate, Optimizer, OptimizerKind, OptimizerParams, Schedule};
@@ -164,4 +165,37 @@ fn clipping_scales_to_the_max_norm() {
     let mut g = grads_for(&var, &[0.3, 0.4, 0.0]);
     clip_grad_norm(std::slice::from_ref(&var), &mut g, Some(1.0)).unwrap();
     assert_eq!(g.get(var.as_tensor()).unwrap().to_vec1::<f64>().unwrap(), vec![0.3, 0.4, 0.0]);
+}
+
+/// RAdam for 12 steps against `torch.optim.RAdam` (decoupled weight decay) on the same gradients, from
+/// `fixtures/radam_torch.json` (scripts/trl_loss_fixture.py). With β2 = 0.999, ρ_t passes 5 at step 6, so
+/// steps 6-12 take the rectified branch (r_t · √(1−β2ᵗ) / (√v + ε) scaling) that the first two steps above
+/// never reach.
+#[test]
+fn radam_matches_pytorch_into_the_rectified_branch() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/radam_torch.json");
+    let f: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let num = |k: &str| f[k].as_f64().unwrap();
+    let vec =
+        |v: &serde_json::Value| -> Vec<f64> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+    let rho: Vec<f64> = vec(&f["rho_t"]);
+    assert!(rho[..5].iter().all(|&r| r <= 5.0) && rho[5..].iter().all(|&r| r > 5.0), "{rho:?}");
+    let p = OptimizerParams {
+        kind: OptimizerKind::Radam,
+        beta1: num("beta1"),
+        beta2: num("beta2"),
+        eps: num("eps"),
+        weight_decay: num("weight_decay"),
+        ..Default::default()
+    };
+    let var = Var::new(vec(&f["theta0"]).as_slice(), &Device::Cpu).unwrap();
+    let mut opt = Optimizer::new(vec![var.clone()], p).unwrap();
+    for (t, (g, want)) in f["grads"].as_array().unwrap().iter().zip(f["theta"].as_array().unwrap()).enumerate() {
+        let g: [f64; 3] = vec(g).try_into().unwrap();
+        opt.step(&grads_for(&var, &g), num("lr")).unwrap();
+        let got: Vec<f64> = var.as_tensor().to_vec1().unwrap();
+        for (i, (a, b)) in got.iter().zip(vec(want)).enumerate() {
+            assert!((a - b).abs() < 1e-12, "step {}: θ[{i}] = {a} vs PyTorch {b}", t + 1);
+        }
+    }
 }
