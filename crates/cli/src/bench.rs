@@ -193,13 +193,27 @@ fn dpo_one(a: &DpoBenchArgs, shape_name: &str, mode: usize) -> Result<serde_json
     let t0 = Instant::now();
     let mut t = Trainer::new(tc, model, pairs, vec![], &out, |_, _, _| {})?;
     let setup = t0.elapsed().as_secs_f64();
-    let mut marks = Vec::new();
-    t.run(|_| marks.push(Instant::now()))?;
+    t.save_final_model = false;
+    // One warm-up step (allocations, thread pool), then the timed steps: steady state.
+    t.cfg.max_steps = Some(1);
+    t.run(|_| {})?;
+    t.timings.clear();
+    t.cfg.max_steps = None;
+    let start = Instant::now();
+    let mut end = start;
+    t.run(|_| end = Instant::now())?;
     let _ = std::fs::remove_dir_all(&out);
-    // Steady state: from the end of the warm-up step to the end of the last.
-    let secs = marks.last().unwrap().duration_since(marks[0]).as_secs_f64();
+    let secs = end.duration_since(start).as_secs_f64();
     let tokens = (a.steps as usize * a.pairs * 2 * a.seq_len) as f64;
-    Ok(serde_json::json!({"tokens_per_s": tokens / secs, "setup_s": setup, "peak_rss_mib": peak_rss_mib()}))
+    let phases: serde_json::Map<String, serde_json::Value> =
+        t.timings.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v / a.steps as f64))).collect();
+    Ok(serde_json::json!({
+        "tokens_per_s": tokens / secs,
+        "step_s": secs / a.steps as f64,
+        "phases_s_per_step": phases,
+        "setup_s": setup,
+        "peak_rss_mib": peak_rss_mib(),
+    }))
 }
 
 pub fn dpo(a: DpoBenchArgs) -> Result<()> {
@@ -220,6 +234,7 @@ pub fn dpo(a: DpoBenchArgs) -> Result<()> {
         "shape", "mode", "tokens/s", "ratio", "peak RSS MiB", "setup s"
     );
     let exe = std::env::current_exe()?;
+    let mut profiles = Vec::new();
     for name in a.shapes.split(',') {
         let mut base = None;
         for (m, (mode, _, _)) in DPO_MODES.iter().enumerate() {
@@ -242,7 +257,23 @@ pub fn dpo(a: DpoBenchArgs) -> Result<()> {
                 v["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
                 v["setup_s"].as_f64().unwrap_or(f64::NAN)
             );
+            profiles.push((format!("{name} {mode}"), v));
         }
+    }
+    // Where a step's time goes: seconds per step in each phase of the trainer's loop.
+    println!("\nprofile (seconds per optimizer step; forward = policy, and the reference when live)");
+    let phases = ["forward", "loss", "backward", "accumulate", "clip", "optimizer", "metrics"];
+    print!("{:<34} {:>8}", "run", "step");
+    for p in phases {
+        print!(" {p:>10}");
+    }
+    println!();
+    for (what, v) in &profiles {
+        print!("{what:<34} {:>8.3}", v["step_s"].as_f64().unwrap_or(f64::NAN));
+        for p in phases {
+            print!(" {:>10.3}", v["phases_s_per_step"][p].as_f64().unwrap_or(0.0));
+        }
+        println!();
     }
     println!("baseline = full fine-tuning with a live reference forward every step (TRL's default); setup includes the reference cache");
     Ok(())

@@ -134,6 +134,9 @@ pub struct Trainer {
     /// Write the merged model to `out/final` when training ends (the APL loop keeps only the trainable
     /// tensors of each round and turns this off).
     pub save_final_model: bool,
+    /// Seconds spent in each phase of the optimizer steps so far (`bench dpo` prints them: the profile
+    /// that says where a step's time goes).
+    pub timings: BTreeMap<&'static str, f64>,
 }
 
 impl Trainer {
@@ -196,6 +199,7 @@ impl Trainer {
             step: 0,
             plan,
             save_final_model: true,
+            timings: BTreeMap::new(),
         };
         if t.cfg.precompute_ref_log_probs {
             if let Some(r) = &t.reference {
@@ -297,14 +301,18 @@ impl Trainer {
             let accum = group.len() as f64;
             let mut step_loss = 0.0;
             for micro in &group {
+                let mut clock = Clock::start();
                 let b = self.batch(micro, false)?;
+                clock.lap(&mut self.timings, "forward");
                 let loss = combined_loss(&losses, &self.cfg.loss, &b.x)?;
                 let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !lv.is_finite() {
                     bail!("loss became {lv} at step {}; lower the learning rate or check the data", self.step + 1);
                 }
                 step_loss += lv / accum;
+                clock.lap(&mut self.timings, "loss");
                 let grads = (loss / accum)?.backward()?;
+                clock.lap(&mut self.timings, "backward");
                 for (slot, (_, v)) in acc.iter_mut().zip(&self.vars) {
                     if let Some(g) = grads.get(v.as_tensor()) {
                         *slot = Some(match slot.take() {
@@ -313,9 +321,14 @@ impl Trainer {
                         });
                     }
                 }
+                drop(grads);
+                clock.lap(&mut self.timings, "accumulate");
                 window.add_batch(lv, &b, &self.cfg.loss)?;
+                clock.lap(&mut self.timings, "metrics");
             }
+            let mut clock = Clock::start();
             let norm = clip_grads(&mut acc, self.cfg.max_grad_norm)?;
+            clock.lap(&mut self.timings, "clip");
             grad_norms.push(norm);
             let lr = learning_rate(
                 self.cfg.schedule,
@@ -325,6 +338,8 @@ impl Trainer {
                 self.plan.len() as u64,
             );
             self.opt.step_with(&acc, lr)?;
+            drop(acc);
+            clock.lap(&mut self.timings, "optimizer");
             self.step += 1;
             if self.cfg.sync_ref_model && self.step.is_multiple_of(self.cfg.ref_model_sync_steps) {
                 self.sync_reference()?;
@@ -371,6 +386,20 @@ impl Trainer {
         }
         self.reference = Some(r.with_params(p)?);
         Ok(())
+    }
+}
+
+/// A stopwatch that adds each lap to a named phase.
+struct Clock(std::time::Instant);
+
+impl Clock {
+    fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+    fn lap(&mut self, into: &mut BTreeMap<&'static str, f64>, phase: &'static str) {
+        let now = std::time::Instant::now();
+        *into.entry(phase).or_default() += now.duration_since(self.0).as_secs_f64();
+        self.0 = now;
     }
 }
 
