@@ -24,7 +24,7 @@ impl Trainer {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         candle_core::safetensors::save(&self.trainable_tensors(), tmp.join("trainable.safetensors"))?;
-        let opt: HashMap<String, Tensor> = self.opt.state().into_iter().collect();
+        let opt: HashMap<String, Tensor> = self.opt.state()?.into_iter().collect();
         candle_core::safetensors::save(&opt, tmp.join("optimizer.safetensors"))?;
         let state = json!({"step": self.step, "total_steps": self.total_steps(), "optimizer_t": self.opt.t,
             "config": self.cfg, "trainable": self.trainable_names()});

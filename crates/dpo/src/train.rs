@@ -13,7 +13,7 @@ pub use crate::config::{LoraConfig, TrainConfig};
 
 use crate::data::TokenPair;
 use crate::loss::{combined_loss, rewards, LossParams, PairLogps};
-use crate::optim::{clip_grads, learning_rate, Optimizer};
+use crate::optim::{clip_coef, grad_norm, learning_rate, Optimizer};
 use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::{DType, Tensor, Var};
 use lm::score::completion_logprobs;
@@ -327,7 +327,8 @@ impl Trainer {
                 clock.lap(&mut self.timings, "metrics");
             }
             let mut clock = Clock::start();
-            let norm = clip_grads(&mut acc, self.cfg.max_grad_norm)?;
+            // The clipping factor is applied inside the optimizer's pass: no scaled copy of the gradients.
+            let norm = grad_norm(&acc)?;
             clock.lap(&mut self.timings, "clip");
             grad_norms.push(norm);
             let lr = learning_rate(
@@ -337,7 +338,7 @@ impl Trainer {
                 self.cfg.warmup_steps,
                 self.plan.len() as u64,
             );
-            self.opt.step_with(&acc, lr)?;
+            self.opt.step_scaled(&acc, lr, clip_coef(norm, self.cfg.max_grad_norm))?;
             drop(acc);
             clock.lap(&mut self.timings, "optimizer");
             self.step += 1;
