@@ -99,7 +99,8 @@ fn fused(var: &Var) -> bool {
 impl State {
     fn new(var: &Var, kind: OptimizerKind) -> Result<Self> {
         let n = var.elem_count();
-        let (nv, nm2) = (if kind == OptimizerKind::Lion { 0 } else { n }, if kind == OptimizerKind::Ademamix { n } else { 0 });
+        let (nv, nm2) =
+            (if kind == OptimizerKind::Lion { 0 } else { n }, if kind == OptimizerKind::Ademamix { n } else { 0 });
         if fused(var) {
             return Ok(State::Host(match var.dtype() {
                 DType::F32 => HostState::F32 { m: vec![0.0; n], v: vec![0.0; nv], m2: vec![0.0; nm2] },
@@ -240,9 +241,8 @@ impl Hyper {
         let bc2 = 1.0 - b2.powi(t);
         let rho_inf = 2.0 / (1.0 - b2) - 1.0;
         let rho_t = rho_inf - 2.0 * t as f64 * b2.powi(t) / bc2;
-        let radam_r = (rho_t > 5.0).then(|| {
-            ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)).sqrt()
-        });
+        let radam_r = (rho_t > 5.0)
+            .then(|| ((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)).sqrt());
         Self {
             kind: p.kind,
             b1,
@@ -362,21 +362,22 @@ fn chunks_or_empty<T>(x: &mut [T], n: usize) -> Vec<&mut [T]> {
 /// Elements per parallel task: large enough that scheduling is noise, small enough to split a layer.
 const CHUNK: usize = 1 << 16;
 
-fn update<T: num_traits::Float + Send + Sync>(
-    p: &mut [T],
-    g: &[T],
-    m: &mut [T],
-    v: &mut [T],
-    m2: &mut [T],
-    h: &Hyper,
-) {
+fn update<T: num_traits::Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], m2: &mut [T], h: &Hyper) {
     use rayon::prelude::*;
     let c = |x: f64| T::from(x).unwrap();
     let (b1, b2, b3) = (c(h.b1), c(h.b2), c(h.b3));
     let (one, zero) = (T::one(), T::zero());
     let (bc1, bc2, eps, alpha, wd, lr, scale) =
         (c(h.bc1), c(h.bc2), c(h.eps), c(h.alpha), c(h.wd), c(h.lr), c(h.scale));
-    let sign = |x: T| if x > zero { one } else if x < zero { -one } else { zero };
+    let sign = |x: T| {
+        if x > zero {
+            one
+        } else if x < zero {
+            -one
+        } else {
+            zero
+        }
+    };
     let apply = |p: &mut T, u: T| *p = *p - (u + *p * wd) * lr;
     let n = p.len();
     let (vc, m2c) = (chunks_or_empty(v, n), chunks_or_empty(m2, n));
@@ -406,16 +407,18 @@ fn update<T: num_traits::Float + Send + Sync>(
                 })
                 .sum();
             let frac = c((kept as f64 / n.max(1) as f64).max(1e-3));
-            p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks(CHUNK)).zip(v.par_chunks(CHUNK)).for_each(
-                |(((p, g), m), v)| {
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks(CHUNK))
+                .zip(v.par_chunks(CHUNK))
+                .for_each(|(((p, g), m), v)| {
                     for i in 0..p.len() {
                         let gi = g[i] * scale;
                         let u = (m[i] / bc1) / ((v[i] / bc2).sqrt() + eps);
                         let u = if u * gi > zero { u / frac } else { zero };
                         apply(&mut p[i], u);
                     }
-                },
-            );
+                });
         }
         kind => {
             let radam = h.radam_r.map(|r| (c(r), c(h.bc2.sqrt())));

@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod kernels;
 pub mod load;
 pub mod model;
 pub mod params;

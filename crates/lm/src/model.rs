@@ -87,6 +87,16 @@ impl LanguageModel {
         }
     }
 
+    /// The output head: its weight `(V, d)` and the final logit soft-cap, if any (what
+    /// [`crate::kernels::head`] needs to score tokens without building the logits).
+    pub fn head(&self) -> (&Tensor, Option<f64>) {
+        match &self.net {
+            Net::Gpt2(m) => m.head(),
+            Net::Llama(m) => m.head(),
+            Net::Gemma3(m) => m.head(),
+        }
+    }
+
     /// Logits `(B, T, V)` for a fresh batch of right-padded (or unpadded) sequences.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let h = self.hidden(ids, &Positions::fresh(ids.dim(0)?), None)?;

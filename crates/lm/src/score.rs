@@ -17,9 +17,20 @@ pub struct Scored {
     pub count: Vec<usize>,
     /// `(B,)` mean over completion positions of the mean logit (TRL's `logits/*` metric).
     pub mean_logit: Tensor,
+    /// `(B, C)` the log-prob of each completion token, `C` the longest completion, zero after a row's end
+    /// (part of the graph, like `sum`): what per-token losses (LD-DPO, WPO) need.
+    pub tokens: Tensor,
+    /// `(B, C)` 1 on a row's completion tokens, 0 after its end.
+    pub mask: Tensor,
+    /// `(B, C)` `log Σ_v p_v²` of the distribution that predicted each completion token (WPO's weights),
+    /// detached, zero after a row's end.
+    pub log_sum_sq: Tensor,
 }
 
 /// Scores `(prompt, completion)` token pairs in one forward pass (right-padded batch).
+///
+/// Only the positions that predict a completion token go through the LM head, and they go through the
+/// fused head ([`crate::kernels::head`]): no `B × T × V` logits exist, in the forward or the backward pass.
 pub fn completion_logprobs(model: &LanguageModel, items: &[(Vec<u32>, Vec<u32>)]) -> Result<Scored> {
     let dev = model.device().clone();
     let b = items.len();
@@ -39,41 +50,54 @@ pub fn completion_logprobs(model: &LanguageModel, items: &[(Vec<u32>, Vec<u32>)]
             bail!("item {i}: {} tokens exceed the model's context of {} positions", lens[i], model.config.max_position);
         }
     }
-    // Only positions that predict a completion token need logits: from the shortest prompt on.
-    let first = items.iter().map(|(p, _)| p.len() - 1).min().unwrap();
-    let width = l - 1 - first;
     let pad = model.tokenizer.pad_token_id;
     let mut ids = vec![pad; b * l];
-    let mut targets = vec![0u32; b * width];
-    let mut mask = vec![0f32; b * width];
+    // Row of the flattened hidden states that predicts each completion token, and that token.
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
     for (i, (p, c)) in items.iter().enumerate() {
-        let row: Vec<u32> = p.iter().chain(c.iter()).copied().collect();
-        ids[i * l..i * l + row.len()].copy_from_slice(&row);
-        for j in 0..width {
-            let pos = first + j + 1; // position of the predicted token
-            if pos < row.len() {
-                targets[i * width + j] = row[pos];
-                if pos >= p.len() {
-                    mask[i * width + j] = 1.0;
-                }
-            }
+        ids[i * l..i * l + p.len()].copy_from_slice(p);
+        ids[i * l + p.len()..i * l + lens[i]].copy_from_slice(c);
+        for (k, &t) in c.iter().enumerate() {
+            rows.push((i * (l - 1) + p.len() - 1 + k) as u32);
+            targets.push(t);
         }
     }
+    let n = rows.len();
     let ids = Tensor::from_vec(ids, (b, l), &dev)?.narrow(1, 0, l - 1)?; // (B, L-1): the last token predicts nothing
     let hidden = model.hidden(&ids, &crate::Positions::fresh(b), None)?; // (B, L-1, d)
-    let hidden = hidden.narrow(1, first, width)?; // (B, W, d)
-                                                  // Log-softmax and sums in f32 at least (f64 models stay f64 for gradient checks).
-    let acc = if model.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-    let logits = model.logits(&hidden)?.to_dtype(acc)?; // (B, W, V)
-    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let targets = Tensor::from_vec(targets, (b, width, 1), &dev)?;
-    let tok_logp = logp.gather(&targets, D::Minus1)?.squeeze(D::Minus1)?; // (B, W)
-    let mask = Tensor::from_vec(mask, (b, width), &dev)?.to_dtype(acc)?;
-    let sum = (tok_logp * &mask)?.sum(D::Minus1)?; // (B,)
+    let d = hidden.dim(2)?;
+    let hidden = hidden.reshape((b * (l - 1), d))?.index_select(&Tensor::from_vec(rows, n, &dev)?, 0)?; // (N, d)
+    let (weight, softcap) = model.head();
+    let head = crate::kernels::head::head_logprobs(&hidden, weight, &targets, softcap)?; // (N,) each
+
+    // Back to rows: (B, C) with C the longest completion; padding reads an appended zero.
     let count: Vec<usize> = items.iter().map(|(_, c)| c.len()).collect();
-    let cnt = Tensor::from_vec(count.iter().map(|&c| c as f32).collect::<Vec<_>>(), b, &dev)?.to_dtype(acc)?;
-    let mean_logit = (logits.detach().mean(D::Minus1)? * &mask)?.sum(D::Minus1)?.div(&cnt)?;
-    Ok(Scored { sum, count, mean_logit })
+    let c_max = *count.iter().max().unwrap();
+    let mut at = vec![n as u32; b * c_max];
+    let mut mask = vec![0f32; b * c_max];
+    let mut offset = 0;
+    for (i, &c) in count.iter().enumerate() {
+        for k in 0..c {
+            at[i * c_max + k] = (offset + k) as u32;
+            mask[i * c_max + k] = 1.0;
+        }
+        offset += c;
+    }
+    let at = Tensor::from_vec(at, b * c_max, &dev)?;
+    let dtype = head.logp.dtype();
+    let zero = Tensor::zeros(1, dtype, &dev)?;
+    let per_row = |x: &Tensor| -> Result<Tensor> {
+        Ok(Tensor::cat(&[x, &zero], 0)?.index_select(&at, 0)?.reshape((b, c_max))?)
+        // (B, C)
+    };
+    let tokens = per_row(&head.logp)?;
+    let sum = tokens.sum(D::Minus1)?; // (B,)
+    let cnt = Tensor::from_vec(count.iter().map(|&c| c as f32).collect::<Vec<_>>(), b, &dev)?.to_dtype(dtype)?;
+    let mean_logit = per_row(&head.mean_logit)?.sum(D::Minus1)?.div(&cnt)?;
+    let log_sum_sq = per_row(&head.log_sum_sq)?;
+    let mask = Tensor::from_vec(mask, (b, c_max), &dev)?.to_dtype(dtype)?;
+    Ok(Scored { sum, count, mean_logit, tokens, mask, log_sum_sq })
 }
 
 /// Scores many pairs without a graph, `batch_size` at a time: `(sum, count)` per item.

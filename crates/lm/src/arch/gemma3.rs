@@ -121,6 +121,11 @@ impl Gemma3 {
         Ok(self.norm.forward(&x)?)
     }
 
+    /// The output head: its weight `(V, d)` and the final logit soft-cap, if any.
+    pub fn head(&self) -> (&Tensor, Option<f64>) {
+        (&self.lm_head, self.cfg.final_logit_softcap)
+    }
+
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let logits = Linear::new(self.lm_head.clone(), None).forward(hidden)?;
         Ok(match self.cfg.final_logit_softcap {

@@ -102,6 +102,11 @@ impl Gpt2 {
         Ok(self.ln_f.forward(&x)?)
     }
 
+    /// The output head: its weight `(V, d)` and the final logit soft-cap, if any.
+    pub fn head(&self) -> (&Tensor, Option<f64>) {
+        (&self.lm_head, None)
+    }
+
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(Linear::new(self.lm_head.clone(), None).forward(hidden)?)
     }

@@ -101,6 +101,11 @@ impl Llama {
         Ok(self.norm.forward(&x)?)
     }
 
+    /// The output head: its weight `(V, d)` and the final logit soft-cap, if any.
+    pub fn head(&self) -> (&Tensor, Option<f64>) {
+        (&self.lm_head, None)
+    }
+
     /// Output logits for hidden states `(B, T, d)` → `(B, T, V)`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
         Ok(Linear::new(self.lm_head.clone(), None).forward(hidden)?)

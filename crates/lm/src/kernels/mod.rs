@@ -1,0 +1,8 @@
+//! Fused CPU kernels for training, each with its backward pass, and the candle-op composition that other
+//! devices run and the tests hold them to.
+//!
+//! candle's differentiable path builds every intermediate of a softmax, a norm or the LM head as a separate
+//! tensor and keeps it for the backward pass; these kernels make one pass over their inputs and recompute
+//! what the backward needs.
+
+pub mod head;

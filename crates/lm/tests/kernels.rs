@@ -1,0 +1,114 @@
+//! The fused kernels against candle's differentiable composition of the same maths: forward values, and
+//! gradients both against that composition and against finite differences in f64.
+
+use candle_core::{DType, Device, Tensor, Var};
+use lm::kernels::head::{head_logprobs, reference, HeadOut};
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
+    d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+}
+
+fn randn(shape: (usize, usize), scale: f64, dtype: DType) -> Tensor {
+    (Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap() * scale).unwrap()
+}
+
+/// 150 rows: more than two chunks of 64, with a ragged last one.
+const N: usize = 150;
+const V: usize = 300;
+const D: usize = 16;
+
+fn targets() -> Vec<u32> {
+    (0..N).map(|i| (i * 37 % V) as u32).collect()
+}
+
+/// A weighted sum of the per-row log-probs, so that every row's gradient differs.
+fn objective(o: &HeadOut) -> Tensor {
+    let n = o.logp.dim(0).unwrap();
+    let w: Vec<f64> = (0..n).map(|i| 1.0 + (i % 7) as f64 / 3.0).collect();
+    let w = Tensor::from_vec(w, n, &Device::Cpu).unwrap().to_dtype(o.logp.dtype()).unwrap();
+    (&o.logp * w).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn fused_head_equals_the_candle_ops_forward_and_backward() {
+    for dtype in [DType::F32, DType::F64] {
+        for softcap in [None, Some(3.0)] {
+            for trainable_w in [false, true] {
+                let h = Var::from_tensor(&randn((N, D), 1.0, dtype)).unwrap();
+                let w0 = randn((V, D), 0.5, dtype);
+                let w = Var::from_tensor(&w0).unwrap();
+                let wt = if trainable_w { w.as_tensor().clone() } else { w0.clone() };
+                let t = targets();
+                let fused = head_logprobs(h.as_tensor(), &wt, &t, softcap).unwrap();
+                let plain = reference(h.as_tensor(), &wt, &t, softcap).unwrap();
+                let tol = if dtype == DType::F32 { 2e-4 } else { 1e-10 };
+                let what = format!("{dtype:?} softcap {softcap:?} trainable head {trainable_w}");
+                assert!(max_diff(&fused.logp, &plain.logp) < tol, "{what}: log-probs differ");
+                assert!(max_diff(&fused.mean_logit, &plain.mean_logit) < tol, "{what}: mean logits differ");
+                assert!(max_diff(&fused.log_sum_sq, &plain.log_sum_sq) < tol, "{what}: log Σp² differ");
+                let gf = objective(&fused).backward().unwrap();
+                let gp = objective(&plain).backward().unwrap();
+                let dh = max_diff(gf.get(h.as_tensor()).unwrap(), gp.get(h.as_tensor()).unwrap());
+                assert!(dh < tol, "{what}: hidden gradients differ by {dh}");
+                if trainable_w {
+                    let dw = max_diff(gf.get(w.as_tensor()).unwrap(), gp.get(w.as_tensor()).unwrap());
+                    assert!(dw < tol, "{what}: weight gradients differ by {dw}");
+                } else {
+                    assert!(gf.get(w.as_tensor()).is_none(), "{what}: a frozen head got a gradient");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_head_gradients_match_finite_differences_in_f64() {
+    let (n, v, d) = (70, 40, 6);
+    let t: Vec<u32> = (0..n).map(|i| (i * 13 % v) as u32).collect();
+    for softcap in [None, Some(2.0)] {
+        let h = Var::from_tensor(&randn((n, d), 1.0, DType::F64)).unwrap();
+        let w = Var::from_tensor(&randn((v, d), 1.0, DType::F64)).unwrap();
+        let f = |h: &Tensor, w: &Tensor| -> f64 {
+            objective(&head_logprobs(h, w, &t, softcap).unwrap()).to_scalar::<f64>().unwrap()
+        };
+        let grads = objective(&head_logprobs(h.as_tensor(), w.as_tensor(), &t, softcap).unwrap()).backward().unwrap();
+        for (var, other, is_h) in [(&h, &w, true), (&w, &h, false)] {
+            let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            for idx in [0, base.len() / 3, base.len() - 1] {
+                let at = |delta: f64| {
+                    let mut x = base.clone();
+                    x[idx] += delta;
+                    let x = Tensor::from_vec(x, var.shape(), &Device::Cpu).unwrap();
+                    if is_h {
+                        f(&x, other.as_tensor())
+                    } else {
+                        f(other.as_tensor(), &x)
+                    }
+                };
+                let eps = 1e-6;
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                let err = (fd - g[idx]).abs();
+                assert!(
+                    err < 1e-6 + 1e-5 * fd.abs(),
+                    "softcap {softcap:?} {}[{idx}]: {} vs {fd}",
+                    if is_h { "h" } else { "w" },
+                    g[idx]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_head_refuses_bad_shapes_and_targets() {
+    let h = randn((4, D), 1.0, DType::F32);
+    let w = randn((V, D), 1.0, DType::F32);
+    let e = head_logprobs(&h, &w, &[1, 2, 3], None).unwrap_err().to_string();
+    assert!(e.contains("3 targets for 4 rows"), "{e}");
+    let e = head_logprobs(&h, &w, &[1, 2, 3, V as u32], None).unwrap_err().to_string();
+    assert!(e.contains("outside the vocabulary"), "{e}");
+    let e = head_logprobs(&h, &randn((V, D + 1), 1.0, DType::F32), &[1, 2, 3, 4], None).unwrap_err().to_string();
+    assert!(e.contains("hidden size"), "{e}");
+}
