@@ -112,3 +112,103 @@ fn fused_head_refuses_bad_shapes_and_targets() {
     let e = head_logprobs(&h, &randn((V, D + 1), 1.0, DType::F32), &[1, 2, 3, 4], None).unwrap_err().to_string();
     assert!(e.contains("hidden size"), "{e}");
 }
+
+/// A weighted sum of every output element, so that every element's gradient differs.
+fn weighted(y: &Tensor) -> Tensor {
+    let n = y.elem_count();
+    let w: Vec<f64> = (0..n).map(|i| ((i * 7919) % 13) as f64 / 5.0 - 1.0).collect();
+    let w = Tensor::from_vec(w, y.shape(), &Device::Cpu).unwrap().to_dtype(y.dtype()).unwrap();
+    (y * w).unwrap().sum_all().unwrap()
+}
+
+/// Forward values and gradients of every input: fused op vs candle's composition.
+fn check_against(what: &str, inputs: &[Var], fused: impl Fn(&[Tensor]) -> Tensor, plain: impl Fn(&[Tensor]) -> Tensor) {
+    let xs: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let (yf, yp) = (fused(&xs), plain(&xs));
+    let tol = if xs[0].dtype() == DType::F32 { 1e-4 } else { 1e-10 };
+    assert!(max_diff(&yf, &yp) < tol, "{what}: outputs differ by {}", max_diff(&yf, &yp));
+    let (gf, gp) = (weighted(&yf).backward().unwrap(), weighted(&yp).backward().unwrap());
+    for (i, v) in inputs.iter().enumerate() {
+        let d = max_diff(gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+        assert!(d < tol, "{what}: gradient of input {i} differs by {d}");
+    }
+}
+
+/// Finite differences in f64 through the fused op, at a few entries of every input.
+fn check_fd(what: &str, inputs: &[Var], fused: impl Fn(&[Tensor]) -> Tensor) {
+    let xs: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = weighted(&fused(&xs)).backward().unwrap();
+    for (i, v) in inputs.iter().enumerate() {
+        let g: Vec<f64> = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let base: Vec<f64> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for idx in [0, base.len() / 2, base.len() - 1] {
+            let at = |delta: f64| -> f64 {
+                let mut x = base.clone();
+                x[idx] += delta;
+                let mut ys = xs.iter().map(|t| t.detach()).collect::<Vec<_>>();
+                ys[i] = Tensor::from_vec(x, v.shape(), &Device::Cpu).unwrap();
+                weighted(&fused(&ys)).to_scalar::<f64>().unwrap()
+            };
+            let eps = 1e-6;
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!((fd - g[idx]).abs() < 1e-6 + 1e-5 * fd.abs(), "{what}: input {i}[{idx}]: {} vs {fd}", g[idx]);
+        }
+    }
+}
+
+fn vars(shapes: &[(usize, usize)], dtype: DType) -> Vec<Var> {
+    shapes.iter().map(|&s| Var::from_tensor(&randn(s, 1.0, dtype)).unwrap()).collect()
+}
+
+#[test]
+fn fused_norms_and_softmax_equal_candle_ops_and_finite_differences() {
+    use lm::kernels::norm::{layer_norm, rms_norm, softmax_last};
+    // 130 rows: the backward's row blocks of 64 and a ragged last one.
+    let (rows, d) = (130, 24);
+    for dtype in [DType::F32, DType::F64] {
+        let v = vars(&[(rows, d), (1, d)], dtype);
+        let rms = |x: &[Tensor]| rms_norm(&x[0], &x[1].squeeze(0).unwrap(), 1e-5).unwrap();
+        let rms_plain = |x: &[Tensor]| candle_nn::ops::rms_norm_slow(&x[0], &x[1].squeeze(0).unwrap(), 1e-5).unwrap();
+        check_against(&format!("rms_norm {dtype:?}"), &v, rms, rms_plain);
+        let v = vars(&[(rows, d), (1, d), (1, d)], dtype);
+        let ln = |x: &[Tensor]| layer_norm(&x[0], &x[1].squeeze(0).unwrap(), &x[2].squeeze(0).unwrap(), 1e-5).unwrap();
+        let ln_plain = |x: &[Tensor]| {
+            candle_nn::ops::layer_norm_slow(&x[0], &x[1].squeeze(0).unwrap(), &x[2].squeeze(0).unwrap(), 1e-5).unwrap()
+        };
+        check_against(&format!("layer_norm {dtype:?}"), &v, ln, ln_plain);
+        let v = vars(&[(rows, d)], dtype);
+        let sm = |x: &[Tensor]| softmax_last(&(&x[0] * 3.0).unwrap()).unwrap();
+        let sm_plain = |x: &[Tensor]| candle_nn::ops::softmax(&(&x[0] * 3.0).unwrap(), candle_core::D::Minus1).unwrap();
+        check_against(&format!("softmax {dtype:?}"), &v, sm, sm_plain);
+        if dtype == DType::F64 {
+            check_fd("rms_norm", &vars(&[(rows, d), (1, d)], dtype), rms);
+            check_fd("layer_norm", &vars(&[(rows, d), (1, d), (1, d)], dtype), ln);
+            check_fd("softmax", &vars(&[(rows, d)], dtype), sm);
+        }
+    }
+}
+
+#[test]
+fn fused_rope_equals_candle_ops_exactly_and_finite_differences() {
+    use lm::kernels::rope::{apply_rope, reference};
+    let (b, h, t) = (2, 3, 5);
+    for (hd, rot) in [(8, 8), (8, 4)] {
+        for dtype in [DType::F32, DType::F64] {
+            let x = Var::from_tensor(
+                &Tensor::randn(0f32, 1.0, (b, h, t, hd), &Device::Cpu).unwrap().to_dtype(dtype).unwrap(),
+            )
+            .unwrap();
+            let ang = Tensor::randn(0f32, 2.0, (b, 1, t, rot), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+            let fused = |x: &[Tensor]| apply_rope(&x[0], &cos, &sin).unwrap();
+            let plain = |x: &[Tensor]| reference(&x[0], &cos, &sin).unwrap();
+            // The same products and sums in the same order: bit-identical, so inference does not change.
+            let d = max_diff(&fused(&[x.as_tensor().clone()]), &plain(&[x.as_tensor().clone()]));
+            assert_eq!(d, 0.0, "hd {hd} rot {rot} {dtype:?}: forward differs by {d}");
+            check_against(&format!("rope hd {hd} rot {rot} {dtype:?}"), std::slice::from_ref(&x), fused, plain);
+            if dtype == DType::F64 {
+                check_fd(&format!("rope hd {hd} rot {rot}"), &[x], fused);
+            }
+        }
+    }
+}

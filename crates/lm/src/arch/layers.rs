@@ -1,13 +1,17 @@
 //! Building blocks shared by the architectures: linear layers, norms, rotary embeddings, attention and
 //! the KV cache.
 //!
-//! Every op here has two paths. When any input is part of an autograd graph (`track_op()`), we use
-//! candle's differentiable primitives: candle-nn's fused `softmax_last_dim`, `rms_norm`, `layer_norm`
-//! and `rope` have no backward and would silently drop gradients. When nothing tracks gradients
-//! (sampling, scoring, evaluation) we use the fused kernels, which are several times faster. A test
-//! checks that both paths give the same numbers.
+//! The norms and the softmax have two paths. When any input is part of an autograd graph (`track_op()`),
+//! or in f64 (the gradient checks), they run the kernels of [`crate::kernels::norm`], which have a backward
+//! pass (candle-nn's fused `softmax_last_dim`, `rms_norm` and `layer_norm` have none and would silently
+//! drop gradients). When nothing tracks gradients (sampling, scoring, evaluation) they run candle-nn's
+//! fused kernels, so inference is exactly what it was. Tests check that every path gives the same numbers.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
+
+fn to_candle(e: anyhow::Error) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{e:#}"))
+}
 
 /// Whether an op over these tensors must use the differentiable primitives: some input is in a graph,
 /// or the dtype is one candle's fused kernels lack (f64, used by the gradient checks).
@@ -164,7 +168,7 @@ impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = if self.offset != 0.0 { (&self.weight + self.offset)? } else { self.weight.clone() };
         if tracks(&[x, &w]) || !x.is_contiguous() {
-            candle_nn::ops::rms_norm_slow(x, &w, self.eps as f32)
+            crate::kernels::norm::rms_norm(x, &w, self.eps).map_err(to_candle)
         } else {
             candle_nn::ops::rms_norm(x, &w, self.eps as f32)
         }
@@ -182,7 +186,7 @@ pub struct LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if tracks(&[x, &self.weight, &self.bias]) || !x.is_contiguous() {
-            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+            crate::kernels::norm::layer_norm(x, &self.weight, &self.bias, self.eps).map_err(to_candle)
         } else {
             candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
         }
@@ -192,7 +196,7 @@ impl Module for LayerNorm {
 /// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if tracks(&[x]) || !x.is_contiguous() {
-        candle_nn::ops::softmax(x, D::Minus1)
+        crate::kernels::norm::softmax_last(x).map_err(to_candle)
     } else {
         candle_nn::ops::softmax_last_dim(x)
     }
@@ -245,23 +249,10 @@ impl Rope {
 }
 
 /// Applies rotary embeddings (NeoX "rotate half" layout) to the first `rot_dim` dims of each head.
-/// `x`: `(B, H, T, hd)`; `cos`, `sin`: `(B, 1, T, rot_dim)`.
+/// `x`: `(B, H, T, hd)`; `cos`, `sin`: `(B, 1, T, rot_dim)`. One op with a backward pass on the CPU
+/// ([`crate::kernels::rope`]), candle ops elsewhere.
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let hd = x.dim(D::Minus1)?;
-    let rot = cos.dim(D::Minus1)?;
-    let (xr, xp) = if rot < hd {
-        (x.narrow(D::Minus1, 0, rot)?, Some(x.narrow(D::Minus1, rot, hd - rot)?))
-    } else {
-        (x.clone(), None)
-    };
-    let x1 = xr.narrow(D::Minus1, 0, rot / 2)?;
-    let x2 = xr.narrow(D::Minus1, rot / 2, rot / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // (B, H, T, rot)
-    let y = (xr.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?;
-    match xp {
-        Some(p) => Tensor::cat(&[&y, &p], D::Minus1),
-        None => Ok(y),
-    }
+    crate::kernels::rope::apply_rope(x, cos, sin).map_err(to_candle)
 }
 
 /// Where a forward pass sits in each sequence: `start` tokens are already in the KV cache, and row

@@ -12,8 +12,9 @@
 //! The CPU path (f32 and f64) calls `gemm` directly on the tensors' buffers; other devices and dtypes take
 //! [`reference`], the composition of candle ops, which the tests hold the fused path to.
 
+use super::Float;
 use anyhow::{bail, Result};
-use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor, WithDType, D};
+use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor, D};
 use rayon::prelude::*;
 
 /// Per-row results, each `(N,)`.
@@ -97,11 +98,6 @@ struct FusedHead {
     softcap: Option<f64>,
     weight: Option<Tensor>,
 }
-
-/// A float type the kernels run in.
-trait Float: WithDType + num_traits::Float + Send + Sync {}
-impl Float for f32 {}
-impl Float for f64 {}
 
 /// The contiguous elements of a CPU tensor, passed to `f`.
 fn with_slice<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {

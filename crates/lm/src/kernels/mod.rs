@@ -6,3 +6,13 @@
 //! what the backward needs.
 
 pub mod head;
+pub mod norm;
+pub mod rope;
+
+/// A float type the CPU kernels run in.
+pub(crate) trait Float:
+    candle_core::WithDType + num_traits::Float + std::ops::AddAssign + std::ops::MulAssign + Send + Sync
+{
+}
+impl Float for f32 {}
+impl Float for f64 {}
