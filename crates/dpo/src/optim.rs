@@ -314,7 +314,7 @@ fn fused_step(var: &Var, g: &Tensor, host: &mut HostState, h: &Hyper) -> Result<
     let g = if g.dtype() != var.dtype() { g.to_dtype(var.dtype())? } else { g.clone() }.contiguous()?;
     let (gs, gl) = g.storage_and_layout();
     let Some((g0, g1)) = gl.contiguous_offsets() else { bail!("a gradient is not contiguous") };
-    let op = FusedStep { h, host: std::sync::Mutex::new(host), grad: &*gs, range: g0..g1 };
+    let op = FusedStep { h, host: std::sync::Mutex::new(host), grad: &gs, range: g0..g1 };
     var.as_tensor().inplace_op1(&op)?;
     Ok(())
 }
