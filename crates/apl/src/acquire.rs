@@ -16,7 +16,7 @@
 //! π = π_ref, so every |Δr̂| is 0 and the choice is a seeded random one, not argsort's arbitrary order), or
 //! stochastic batch acquisition (Kirsch et al., TMLR 2023) by Gumbel-top-k.
 
-use crate::config::{ActiveConfig, Selection, Strategy};
+use crate::config::{AcquisitionConfig, ActiveConfig, Selection, Strategy};
 use crate::seed::{rng_for, seed_for};
 use crate::store::{Candidate, Prompt};
 use anyhow::{bail, Result};
@@ -76,6 +76,20 @@ pub fn select(scores: &[f64], k: usize, how: Selection, coldness: f64, rng: &mut
     by_desc(&keys, &mut order);
     order.truncate(k);
     order
+}
+
+/// The entropy stage of `entropy` and `hybrid`: of the drawn prompts, whose entropies are `h`, the indices
+/// of the `keep` kept (`need`, or `need·ogf` for the hybrid), highest entropy first.
+///
+/// The hybrid's entropy stage is always a hard top-k (the paper), whatever `selection` says: stochastic
+/// selection acts on its last stage (certainty). It keeps exactly the `keep` highest; equal entropies are
+/// ordered by a seeded shuffle (so which of several equal entropies at the cut is kept is the seed's choice,
+/// never their position in the draw), NaN ranks last. For `entropy` this stage is the last one, so it
+/// uses `selection`. A draw of fewer than `keep` prompts (a preference file's pool running out) is kept
+/// whole.
+pub fn entropy_stage(a: &AcquisitionConfig, h: &[f64], keep: usize, rng: &mut StdRng) -> Vec<usize> {
+    let how = if a.strategy == Strategy::Entropy { a.selection } else { Selection::TopK };
+    select(h, keep, how, a.coldness, rng)
 }
 
 /// Per-prompt entropy from `n` samples per prompt laid out prompt-major (`neg_logps[i·n + j]` = −log π of
@@ -141,9 +155,7 @@ pub fn acquire(
             let keep = if a.strategy == Strategy::Entropy { need } else { need * a.over_generate_factor };
             let drawn = draw(keep * a.over_sample_prompts_factor, &mut rng)?;
             let h = estimate_entropy(cfg, models.policy, &drawn, seed_for(seed, &[1]), progress)?;
-            // The entropy stage is always a hard top-k (the paper); stochastic selection acts on the last stage.
-            let stage = if a.strategy == Strategy::Entropy { a.selection } else { Selection::TopK };
-            let chosen = select(&h, keep, stage, a.coldness, &mut rng);
+            let chosen = entropy_stage(a, &h, keep, &mut rng);
             (chosen.iter().map(|&i| drawn[i]).collect(), Some(chosen.iter().map(|&i| h[i]).collect()))
         }
     };
