@@ -28,6 +28,9 @@ pub struct LmBenchArgs {
     batch: usize,
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
+    /// Print one JSON line per measure instead of the table (for scripts/bench_compare.py)
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     device: DeviceArg,
 }
@@ -52,14 +55,27 @@ fn time<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((r, t.elapsed().as_secs_f64()))
 }
 
+/// One warm-up call, then the median of three timed calls (as the PyTorch peer measures).
+fn median_time<T>(mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
+    f()?;
+    let mut runs = Vec::with_capacity(3);
+    for _ in 0..3 {
+        runs.push(time(&mut f)?);
+    }
+    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    Ok(runs.swap_remove(1))
+}
+
 pub fn lm(a: LmBenchArgs) -> Result<()> {
     let dev = match a.device.device.as_str() {
         "cpu" => candle_core::Device::Cpu,
         "cuda" => candle_core::Device::new_cuda(0)?,
         o => bail!("--device {o:?}: expected cpu or cuda"),
     };
-    println!("activepref bench lm — device {}, {} threads", a.device.device, candle_core::utils::get_num_threads());
-    println!("{:<14} {:<30} {:>14} {:>18} {:>8}", "shape", "measure", "tokens/s", "baseline tokens/s", "ratio");
+    if !a.json {
+        println!("activepref bench lm — device {}, {} threads", a.device.device, candle_core::utils::get_num_threads());
+        println!("{:<14} {:<30} {:>14} {:>18} {:>8}", "shape", "measure", "tokens/s", "baseline tokens/s", "ratio");
+    }
     for name in a.shapes.split(',') {
         let cfg = shape(name.trim())?;
         let tok = lm::tokenizer::Tokenizer::byte_level_for_tests(cfg.vocab_size)?;
@@ -67,9 +83,7 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
         let ids: Vec<u32> = (0..a.batch * a.seq_len).map(|i| (i * 7919 % cfg.vocab_size) as u32).collect();
         let input = Tensor::from_vec(ids, (a.batch, a.seq_len), &dev)?;
         let fwd_tokens = (a.batch * a.seq_len) as f64;
-        // Warm up once (allocations, thread pool).
-        model.forward(&input)?;
-        let (_, t_fwd) = time(|| Ok(model.forward(&input)?.sum_all()?.to_scalar::<f32>()?))?;
+        let (_, t_fwd) = median_time(|| Ok(model.forward(&input)?.sum_all()?.to_scalar::<f32>()?))?;
 
         // Decode without a graph.
         let prompts: Vec<Vec<u32>> = (0..a.decode_batch)
@@ -94,7 +108,7 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
         // The same work with trainable weights: every op builds the autograd graph.
         let vars = model.make_trainable(|_| true)?;
         let (_, t_fwd_graph) = time(|| Ok(model.forward(&input)?.sum_all()?.to_scalar::<f32>()?))?;
-        let (_, t_bwd) = time(|| {
+        let (_, t_bwd) = median_time(|| {
             let items: Vec<(Vec<u32>, Vec<u32>)> = (0..a.batch)
                 .map(|b| {
                     let row: Vec<u32> =
@@ -106,8 +120,17 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
             let grads = s.sum.sum_all()?.backward()?;
             Ok(vars.values().filter(|v| grads.get(v.as_tensor()).is_some()).count())
         })?;
-        let (dec_graph, dec_e2e_graph) = decode_rate(&model)?;
 
+        if a.json {
+            let line =
+                |m: String, v: f64| println!("{}", serde_json::json!({"shape": name, "measure": m, "tokens_per_s": v}));
+            line(format!("forward {}x{}", a.batch, a.seq_len), fwd_tokens / t_fwd);
+            line(format!("fwd+bwd {}x{}", a.batch, a.seq_len), fwd_tokens / t_bwd);
+            line(format!("decode batch {}", a.decode_batch), dec);
+            line(format!("generate batch {} (+prefill)", a.decode_batch), dec_e2e);
+            continue;
+        }
+        let (dec_graph, dec_e2e_graph) = decode_rate(&model)?;
         let row = |m: &str, v: f64, base: Option<f64>| {
             let (b, r) =
                 base.map(|b| (format!("{b:.0}"), format!("{:.2}x", v / b))).unwrap_or(("-".into(), "-".into()));
@@ -118,7 +141,9 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
         row(&format!("decode batch {}", a.decode_batch), dec, Some(dec_graph));
         row(&format!("generate batch {} (+prefill)", a.decode_batch), dec_e2e, Some(dec_e2e_graph));
     }
-    println!("baseline = the same work with trainable weights (autograd graph built, differentiable ops)");
+    if !a.json {
+        println!("baseline = the same work with trainable weights (autograd graph built, differentiable ops)");
+    }
     Ok(())
 }
 

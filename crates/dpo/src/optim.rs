@@ -366,9 +366,13 @@ fn update<T: num_traits::Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T],
     use rayon::prelude::*;
     let c = |x: f64| T::from(x).unwrap();
     let (b1, b2, b3) = (c(h.b1), c(h.b2), c(h.b3));
+    // 1 − β in f64, then rounded once, as the tensor path's scalar ops do: rounding β first would make a few
+    // coordinates (Lion's sign near 0, the cautious mask) land on the other side in one path only.
+    let (nb1, nb2, nb3) = (c(1.0 - h.b1), c(1.0 - h.b2), c(1.0 - h.b3));
     let (one, zero) = (T::one(), T::zero());
-    let (bc1, bc2, eps, alpha, wd, lr, scale) =
-        (c(h.bc1), c(h.bc2), c(h.eps), c(h.alpha), c(h.wd), c(h.lr), c(h.scale));
+    // Divisions by a scalar as the tensor path does them (candle's `x / s` multiplies by `1 / s`).
+    let (inv_bc1, inv_bc2, eps, alpha, wd, lr, scale) =
+        (c(1.0 / h.bc1), c(1.0 / h.bc2), c(h.eps), c(h.alpha), c(h.wd), c(h.lr), c(h.scale));
     let sign = |x: T| {
         if x > zero {
             one
@@ -386,8 +390,8 @@ fn update<T: num_traits::Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T],
         OptimizerKind::Lion => parts.for_each(|((((p, g), m), _), _)| {
             for i in 0..p.len() {
                 let gi = g[i] * scale;
-                let u = sign(m[i] * b1 + gi * (one - b1));
-                m[i] = m[i] * b2 + gi * (one - b2);
+                let u = sign(m[i] * b1 + gi * nb1);
+                m[i] = m[i] * b2 + gi * nb2;
                 apply(&mut p[i], u);
             }
         }),
@@ -398,15 +402,15 @@ fn update<T: num_traits::Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T],
                     let mut k = 0;
                     for i in 0..g.len() {
                         let gi = g[i] * scale;
-                        m[i] = m[i] * b1 + gi * (one - b1);
-                        v[i] = v[i] * b2 + gi * gi * (one - b2);
-                        let u = (m[i] / bc1) / ((v[i] / bc2).sqrt() + eps);
+                        m[i] = m[i] * b1 + gi * nb1;
+                        v[i] = v[i] * b2 + gi * gi * nb2;
+                        let u = (m[i] * inv_bc1) / ((v[i] * inv_bc2).sqrt() + eps);
                         k += (u * gi > zero) as usize;
                     }
                     k
                 })
                 .sum();
-            let frac = c((kept as f64 / n.max(1) as f64).max(1e-3));
+            let inv_frac = c(1.0 / (kept as f64 / n.max(1) as f64).max(1e-3));
             p.par_chunks_mut(CHUNK)
                 .zip(g.par_chunks(CHUNK))
                 .zip(m.par_chunks(CHUNK))
@@ -414,8 +418,8 @@ fn update<T: num_traits::Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T],
                 .for_each(|(((p, g), m), v)| {
                     for i in 0..p.len() {
                         let gi = g[i] * scale;
-                        let u = (m[i] / bc1) / ((v[i] / bc2).sqrt() + eps);
-                        let u = if u * gi > zero { u / frac } else { zero };
+                        let u = (m[i] * inv_bc1) / ((v[i] * inv_bc2).sqrt() + eps);
+                        let u = if u * gi > zero { u * inv_frac } else { zero };
                         apply(&mut p[i], u);
                     }
                 });
@@ -425,13 +429,13 @@ fn update<T: num_traits::Float + Send + Sync>(p: &mut [T], g: &[T], m: &mut [T],
             parts.for_each(|((((p, g), m), v), m2)| {
                 for i in 0..p.len() {
                     let gi = g[i] * scale;
-                    m[i] = m[i] * b1 + gi * (one - b1);
-                    v[i] = v[i] * b2 + gi * gi * (one - b2);
-                    let m_hat = m[i] / bc1;
-                    let denom = (v[i] / bc2).sqrt() + eps;
+                    m[i] = m[i] * b1 + gi * nb1;
+                    v[i] = v[i] * b2 + gi * gi * nb2;
+                    let m_hat = m[i] * inv_bc1;
+                    let denom = (v[i] * inv_bc2).sqrt() + eps;
                     let u = match kind {
                         OptimizerKind::Ademamix => {
-                            m2[i] = m2[i] * b3 + gi * (one - b3);
+                            m2[i] = m2[i] * b3 + gi * nb3;
                             (m_hat + m2[i] * alpha) / denom
                         }
                         OptimizerKind::Grams => sign(gi) * (m_hat / denom).abs(),
@@ -555,13 +559,20 @@ mod tests {
     /// rectified branch (ρ_t > 5 from step 6 with β2 = 0.999).
     #[test]
     fn fused_step_equals_the_tensor_ops() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
         let dev = candle_core::Device::Cpu;
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut randn = |n: usize, dtype: DType| -> Tensor {
+            // Sums of uniforms: roughly normal, and reproducible.
+            let v: Vec<f32> = (0..n).map(|_| (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * 1.7).collect();
+            Tensor::from_vec(v, n, &candle_core::Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+        };
         for dtype in [DType::F32, DType::F64] {
             for kind in KINDS {
                 let params = OptimizerParams { kind, weight_decay: 0.1, ..Default::default() };
                 // 2 · CHUNK + 7 elements: several parallel chunks and a ragged tail.
                 let n = 2 * CHUNK + 7;
-                let init = Tensor::randn(0f32, 1.0, n, &dev).unwrap().to_dtype(dtype).unwrap();
+                let init = randn(n, dtype);
                 let (a, b) = (Var::from_tensor(&init).unwrap(), Var::from_tensor(&init).unwrap());
                 let mut fused = Optimizer::new(vec![a.clone()], params.clone()).unwrap();
                 let mut plain = Optimizer::new(vec![b.clone()], params.clone()).unwrap();
@@ -570,7 +581,7 @@ mod tests {
                 plain.slots[0].state = State::Tensors { m: z.clone(), v: z.clone(), m2: z };
                 for step in 0..8 {
                     // Some exact zeros: sign(0) and the cautious mask must agree there too.
-                    let g = Tensor::randn(0f32, 1.0, n, &dev).unwrap().to_dtype(dtype).unwrap();
+                    let g = randn(n, dtype);
                     let g = g.broadcast_mul(&g.abs().unwrap().gt(0.05).unwrap().to_dtype(dtype).unwrap()).unwrap();
                     let grads = [Some(g)];
                     let scale = if step % 2 == 0 { 0.7 } else { 1.0 };

@@ -179,21 +179,27 @@ fn forward<T: Float>(h: &[T], w: &[T], targets: &[u32], v: usize, d: usize, soft
         logits(z, hc, w, rows, v, d, softcap);
         let tc = &targets[c * ROWS..c * ROWS + rows];
         oc.par_chunks_mut(COLS).zip(z.par_chunks(v)).zip(tc.par_iter()).for_each(|((o, zr), &t)| {
-            let lse = log_sum_exp(zr, T::one());
+            // One pass for the maximum and the sum, one for the exponentials: with e = exp(z − max),
+            // lse = max + ln Σe and log Σp² = ln Σe² − 2 ln Σe.
+            let (mut m, mut sum) = (T::neg_infinity(), T::zero());
+            for &x in zr {
+                m = num_traits::Float::max(m, x);
+                sum += x;
+            }
+            let (mut s1, mut s2) = (T::zero(), T::zero());
+            for &x in zr {
+                let e = (x - m).exp();
+                s1 += e;
+                s2 += e * e;
+            }
+            let lse = m + s1.ln();
             o[0] = zr[t as usize] - lse;
             o[1] = lse;
-            o[2] = zr.iter().fold(T::zero(), |a, &x| a + x) / T::from(v).unwrap();
-            o[3] = log_sum_exp(zr, T::from(2.0).unwrap()) - lse - lse;
+            o[2] = sum / T::from(v).unwrap();
+            o[3] = s2.ln() - s1.ln() - s1.ln();
         });
     }
     out
-}
-
-/// `log Σ exp(s · x)`, shifted by the maximum.
-fn log_sum_exp<T: Float>(x: &[T], s: T) -> T {
-    let m = x.iter().fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b * s));
-    let sum = x.iter().fold(T::zero(), |a, &b| a + (b * s - m).exp());
-    m + sum.ln()
 }
 
 /// Gradients of the hidden states `(N, d)` and, if `want_w`, of the weight `(V, d)`, from the gradient of
