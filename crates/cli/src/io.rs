@@ -32,13 +32,17 @@ pub fn read_prompts(path: &Path) -> Result<Vec<PromptInput>> {
     Ok(out)
 }
 
-/// The text fed to the model for a prompt (chat-rendered when asked or when given as messages).
-pub fn render_prompt(model: &LanguageModel, p: &PromptInput, chat: bool) -> Result<String> {
-    match p {
-        PromptInput::Text(t) if !chat => Ok(t.clone()),
-        PromptInput::Text(t) => model.tokenizer.apply_chat_template(&json!([{"role": "user", "content": t}]), true),
-        PromptInput::Messages(m) => model.tokenizer.apply_chat_template(m, true),
-    }
+/// The text fed to the model for a prompt and its token ids (chat-rendered when asked or when given as
+/// messages: only the template's own scaffolding becomes control tokens, never the prompt's text).
+pub fn render_prompt(model: &LanguageModel, p: &PromptInput, chat: bool) -> Result<(String, Vec<u32>)> {
+    let tok = &model.tokenizer;
+    let rendered = match p {
+        PromptInput::Text(t) if !chat => return Ok((t.clone(), tok.encode(t)?)),
+        PromptInput::Text(t) => tok.render_chat(&json!([{"role": "user", "content": t}]), true)?,
+        PromptInput::Messages(m) => tok.render_chat(m, true)?,
+    };
+    let ids = tok.encode_chat_text(&rendered, true)?;
+    Ok((rendered.to_string(), ids))
 }
 
 pub struct ScoreRow {

@@ -57,7 +57,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Log-probabilities of completions given prompts (completion tokens only), as JSONL.
     Score(ScoreArgs),
-    /// Fine-tune a model on preference pairs with a DPO-family loss (TRL's data formats and metric names).
+    /// Fine-tune a model on preference pairs with a DPO-family loss, or on good/bad-labelled completions with KTO
+    /// (`--loss-type kto`) (TRL's data formats and metric names).
     Dpo(DpoArgs),
     /// Token ids of a text under a model's tokenizer, as JSON.
     Tokenize {
@@ -80,6 +81,10 @@ enum AssetsAction {
         /// Where to put the files [default: $ACTIVEPREF_ASSETS or ./assets]
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also fetch an optional asset (repeatable): gemma3-270m (Gemma 3 270M GGUF, a SentencePiece
+        /// tokenizer; 253 MB; for the SentencePiece tests)
+        #[arg(long, value_name = "NAME")]
+        extra: Vec<String>,
     },
 }
 
@@ -183,7 +188,8 @@ struct GenerateArgs {
 struct DpoArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Preference pairs, JSONL or .parquet: {prompt, chosen, rejected} (strings or chat messages) or {chosen, rejected}
+    /// Preference pairs, JSONL or .parquet: {prompt, chosen, rejected} (strings or chat messages) or {chosen, rejected};
+    /// for KTO also unpaired rows {prompt, completion, label: true|false}
     #[arg(long)]
     data: PathBuf,
     /// Held-out pairs in the same format; eval_* metrics are logged at each epoch end
@@ -212,7 +218,8 @@ struct DpoArgs {
     beta: Option<f64>,
     /// Overrides `loss_type`: comma-separated TRL names (several are summed with `loss_weights`), from sigmoid,
     /// robust, ipo, hinge, exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_pair, apo_zero, apo_down, discopop, sft,
-    /// sigmoid_norm, simpo, cpo, orpo, rdpo, dpo_shift, hdpo
+    /// sigmoid_norm, simpo, cpo, orpo, rdpo, dpo_shift, hdpo; or KTO alone (unpaired or paired data, the config's
+    /// [kto] section): kto, apo_zero_unpaired
     #[arg(long)]
     loss_type: Option<String>,
     /// Train LoRA adapters (rank 16, alpha 32, all linear layers) unless the config sets [lora]
@@ -266,15 +273,13 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         (None, true) => bail!("give --prompt TEXT or --prompts FILE.jsonl"),
     };
     let mut rendered = Vec::with_capacity(texts.len());
-    for t in &texts {
-        rendered.push(io::render_prompt(&model, t, a.chat)?);
-    }
-    let mut ids = Vec::with_capacity(rendered.len() * a.n);
-    for (i, r) in rendered.iter().enumerate() {
-        let toks = model.tokenizer.encode(r).with_context(|| format!("prompt {i}"))?;
+    let mut ids = Vec::with_capacity(texts.len() * a.n);
+    for (i, t) in texts.iter().enumerate() {
+        let (text, toks) = io::render_prompt(&model, t, a.chat).with_context(|| format!("prompt {i}"))?;
         for _ in 0..a.n {
             ids.push(toks.clone());
         }
+        rendered.push(text);
     }
     let params = SampleParams {
         max_new_tokens: a.max_new_tokens,
@@ -346,6 +351,60 @@ fn run_score(a: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
+/// `dpo --loss-type kto` (or a config with [kto]): KTO on unpaired good/bad rows or on unpaired preference pairs.
+fn run_kto(a: DpoArgs, cfg: dpo::TrainConfig) -> Result<()> {
+    use dpo::kto::data::{describe_skipped, label_counts};
+    let model = a.model.load()?;
+    let read = |p: &PathBuf| -> Result<Vec<dpo::kto::UnpairedTokens>> {
+        let (toks, skipped) = dpo::kto::load_unpaired(p, &model.tokenizer, &cfg)?;
+        if skipped.total() > 0 {
+            eprintln!("{}", describe_skipped(&skipped, p));
+        }
+        Ok(toks)
+    };
+    let train = read(&a.data)?;
+    let eval = match &a.eval_data {
+        Some(p) => read(p)?,
+        None => vec![],
+    };
+    let (good, bad) = label_counts(&train);
+    eprintln!("{} training rows ({good} desirable, {bad} undesirable), {} eval rows", train.len(), eval.len());
+    let k = cfg.kto.clone().unwrap_or_default();
+    if let Some(w) = dpo::kto::loss::weight_advice(good, bad, k.desirable_weight, k.undesirable_weight) {
+        eprintln!("warning: {w}");
+    }
+    let pb = std::cell::RefCell::new(None::<ProgressBar>);
+    let mut t = dpo::KtoTrainer::new(cfg, model, train, eval, &a.out, |what, done, total| {
+        let mut pb = pb.borrow_mut();
+        let bar = pb.get_or_insert_with(|| bar(total, what));
+        bar.set_position(done as u64);
+    })?;
+    if let Some(b) = pb.borrow_mut().take() {
+        b.finish_and_clear();
+    }
+    if let Some(r) = &a.resume {
+        let ckpt = dpo::find_checkpoint(&a.out, r.as_deref())?;
+        t.resume(&ckpt)?;
+        eprintln!("resumed from {} at step {}", ckpt.display(), t.step);
+    }
+    let name = t.loss_type().name();
+    eprintln!(
+        "training {} parameters ({}) with {name}, {} optimizer steps",
+        t.trainable_names().len(),
+        if t.cfg.lora.is_some() { "LoRA adapters" } else { "full fine-tuning" },
+        t.total_steps()
+    );
+    let pb = bar(t.total_steps() as usize, name);
+    pb.set_position(t.step);
+    t.run(|s| {
+        pb.set_position(s.step);
+        pb.set_message(format!("{name} loss {:.4}", s.loss));
+    })?;
+    pb.finish_and_clear();
+    eprintln!("done: metrics in {}, model in {}", a.out.join("metrics.jsonl").display(), a.out.join("final").display());
+    Ok(())
+}
+
 fn run_dpo(a: DpoArgs) -> Result<()> {
     use dpo::{find_checkpoint, LoraConfig, TrainConfig, Trainer};
     let mut cfg = match &a.config {
@@ -371,15 +430,29 @@ fn run_dpo(a: DpoArgs) -> Result<()> {
         cfg.seed = x;
     }
     if let Some(l) = &a.loss_type {
-        cfg.loss_type = l
-            .split(',')
-            .map(|x| dpo::loss::LossType::parse(x).map_err(|e| anyhow::anyhow!("--loss-type: {e}")))
-            .collect::<Result<_>>()?;
+        // KTO's losses are not DPO losses: they pick the KTO trainer (the config's [kto] section), alone.
+        match l.split(',').find_map(dpo::kto::KtoLossType::parse) {
+            Some(k) if l.contains(',') => bail!("--loss-type {l}: {} is KTO's loss and takes no other", k.name()),
+            Some(k) => cfg.kto = Some(dpo::KtoConfig { loss_type: k, ..cfg.kto.unwrap_or_default() }),
+            None => {
+                cfg.loss_type = l
+                    .split(',')
+                    .map(|x| {
+                        dpo::loss::LossType::parse(x)
+                            .map_err(|e| anyhow::anyhow!("--loss-type: {e} (or KTO's kto, apo_zero_unpaired)"))
+                    })
+                    .collect::<Result<_>>()?;
+                cfg.kto = None;
+            }
+        }
     }
     if a.lora && cfg.lora.is_none() {
         cfg.lora = Some(LoraConfig::default());
     }
     cfg.validate()?;
+    if cfg.kto.is_some() {
+        return run_kto(a, cfg);
+    }
     let model = a.model.load()?;
     let read = |p: &PathBuf| -> Result<Vec<dpo::data::TokenPair>> {
         let (toks, skipped) = dpo::data::load_pairs(p, &model.tokenizer, &cfg)?;
@@ -428,8 +501,9 @@ fn run_dpo(a: DpoArgs) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Assets { action: AssetsAction::Fetch { dir } } => {
-            assets::fetch(&dir.unwrap_or_else(assets::default_dir))
+        Command::Assets { action: AssetsAction::Fetch { dir, extra } } => {
+            let dir = dir.unwrap_or_else(assets::default_dir);
+            assets::fetch(&dir).and_then(|()| extra.iter().try_for_each(|name| assets::fetch_extra(&dir, name)))
         }
         Command::Run(a) => run::run(a),
         Command::Experiment(a) => run::experiment(a),

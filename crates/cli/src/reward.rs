@@ -43,10 +43,20 @@ pub fn train(a: RewardTrainArgs) -> Result<()> {
     let n_held = (pairs.len() as f64 * a.held_out).round() as usize;
     let tok = &model.tokenizer;
     let ids = |p: &dpo::data::TextPair| -> Result<(Vec<u32>, Vec<u32>)> {
-        Ok((
-            tok.encode_plain(&format!("{}{}", p.prompt, p.chosen))?,
-            tok.encode_plain(&format!("{}{}", p.prompt, p.rejected))?,
-        ))
+        match &p.chat {
+            // A conversation's renderings: the template's scaffolding as control tokens, messages as text.
+            Some(c) => {
+                let prompt = tok.encode_chat_text(&c.prompt, false)?;
+                let with = |completion| -> Result<Vec<u32>> {
+                    Ok([prompt.clone(), tok.encode_chat_text(completion, false)?].concat())
+                };
+                Ok((with(&c.chosen)?, with(&c.rejected)?))
+            }
+            None => Ok((
+                tok.encode_plain(&format!("{}{}", p.prompt, p.chosen))?,
+                tok.encode_plain(&format!("{}{}", p.prompt, p.rejected))?,
+            )),
+        }
     };
     let (held, train) = pairs.split_at(n_held);
     let train: Vec<_> = train.iter().map(ids).collect::<Result<_>>()?;

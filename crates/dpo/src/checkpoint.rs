@@ -5,57 +5,40 @@
 //! Why a file of its own: saving and resuming must agree byte for byte on the layout, so both halves live
 //! together, apart from the training loop that only decides when to save.
 
+use crate::config::LoraConfig;
 use crate::train::Trainer;
 use anyhow::{anyhow, bail, Context as _, Result};
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
+use lm::LanguageModel;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 impl Trainer {
-    fn checkpoint_dir(&self) -> PathBuf {
-        self.out.join(format!("checkpoint-{}", self.step))
-    }
-
     /// Trainable tensors, optimizer state and trainer state; for full fine-tuning also a loadable HF model.
     pub fn save_checkpoint(&self) -> Result<()> {
-        let dir = self.checkpoint_dir();
-        let tmp = self.out.join(format!(".checkpoint-{}.partial", self.step));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        candle_core::safetensors::save(&self.trainable_tensors(), tmp.join("trainable.safetensors"))?;
-        let opt: HashMap<String, Tensor> = self.opt.state()?.into_iter().collect();
-        candle_core::safetensors::save(&opt, tmp.join("optimizer.safetensors"))?;
-        let state = json!({"step": self.step, "total_steps": self.total_steps(), "optimizer_t": self.opt.t,
-            "config": self.cfg, "trainable": self.trainable_names()});
-        std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
-        if let Some(r) = &self.ref_train {
-            std::fs::write(tmp.join("ref_logps.json"), serde_json::to_string(r)?)?;
-        }
-        if self.cfg.lora.is_some() {
-            self.save_adapter(&tmp)?;
-        } else {
-            self.policy.save(&tmp)?;
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-        // On disk before it has its name (a resume trusts any `checkpoint-N`), and the name on disk after.
-        sync_files_and_dir(&tmp)?;
-        std::fs::rename(&tmp, &dir).with_context(|| format!("moving the checkpoint to {}", dir.display()))?;
-        sync_files_and_dir(&self.out)?;
-        Ok(())
+        write_checkpoint(&self.out, self.step, |tmp| {
+            candle_core::safetensors::save(&self.trainable_tensors(), tmp.join("trainable.safetensors"))?;
+            let opt: HashMap<String, Tensor> = self.opt.state()?.into_iter().collect();
+            candle_core::safetensors::save(&opt, tmp.join("optimizer.safetensors"))?;
+            let state = json!({"step": self.step, "total_steps": self.total_steps(), "optimizer_t": self.opt.t,
+                "config": self.cfg, "trainable": self.trainable_names()});
+            std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
+            if let Some(r) = &self.ref_train {
+                std::fs::write(tmp.join("ref_logps.json"), serde_json::to_string(r)?)?;
+            }
+            if self.cfg.lora.is_some() {
+                self.save_adapter(tmp)?;
+            } else {
+                self.policy.save(tmp)?;
+            }
+            Ok(())
+        })
     }
 
     /// PEFT-style adapter files: `adapter_model.safetensors` and `adapter_config.json`.
     fn save_adapter(&self, dir: &Path) -> Result<()> {
-        let l = self.cfg.lora.as_ref().unwrap();
-        let t: HashMap<String, Tensor> =
-            self.vars.iter().map(|(n, v)| (format!("base_model.model.{n}"), v.as_tensor().detach())).collect();
-        candle_core::safetensors::save(&t, dir.join("adapter_model.safetensors"))?;
-        let modules: Vec<String> = self.policy.lora_targets(&l.target_modules);
-        let cfg = json!({"peft_type": "LORA", "r": l.r, "lora_alpha": l.alpha, "target_modules": modules,
-            "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"});
-        std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?)?;
-        Ok(())
+        save_adapter(dir, &self.policy, &self.vars, self.cfg.lora.as_ref().unwrap())
     }
 
     /// The trained model as an HF directory in `final/` (adapters merged), loadable by `generate`.
@@ -108,18 +91,7 @@ impl Trainer {
             }
         }
         self.step = step;
-        // Drop metric lines logged after the checkpoint so the file reads like one run.
-        let mpath = self.out.join("metrics.jsonl");
-        if let Ok(text) = std::fs::read_to_string(&mpath) {
-            let kept: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)
-                })
-                .collect();
-            std::fs::write(&mpath, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-        }
-        Ok(())
+        keep_metrics_through(&self.out, step)
     }
 
     /// Continues from the latest checkpoint in [`Trainer::out`] if there is one, and returns it; `None` (and
@@ -131,8 +103,53 @@ impl Trainer {
     }
 }
 
+/// Writes `checkpoint-{step}` under `out`: `fill` writes the files into a temporary directory, which is synced,
+/// then renamed into place (a resume trusts any `checkpoint-N`), and the rename synced. Shared by the DPO and KTO
+/// trainers so both lay checkpoints down the same way.
+pub(crate) fn write_checkpoint(out: &Path, step: u64, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = out.join(format!("checkpoint-{step}"));
+    let tmp = out.join(format!(".checkpoint-{step}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    fill(&tmp)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    // On disk before it has its name (a resume trusts any `checkpoint-N`), and the name on disk after.
+    sync_files_and_dir(&tmp)?;
+    std::fs::rename(&tmp, &dir).with_context(|| format!("moving the checkpoint to {}", dir.display()))?;
+    sync_files_and_dir(out)?;
+    Ok(())
+}
+
+/// PEFT-style LoRA adapter files in `dir`: `adapter_model.safetensors` (the trainable `vars` under PEFT's
+/// `base_model.model.` prefix) and `adapter_config.json`.
+pub(crate) fn save_adapter(dir: &Path, policy: &LanguageModel, vars: &[(String, Var)], l: &LoraConfig) -> Result<()> {
+    let t: HashMap<String, Tensor> =
+        vars.iter().map(|(n, v)| (format!("base_model.model.{n}"), v.as_tensor().detach())).collect();
+    candle_core::safetensors::save(&t, dir.join("adapter_model.safetensors"))?;
+    let modules: Vec<String> = policy.lora_targets(&l.target_modules);
+    let cfg = json!({"peft_type": "LORA", "r": l.r, "lora_alpha": l.alpha, "target_modules": modules,
+        "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"});
+    std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?)?;
+    Ok(())
+}
+
+/// Drops the lines of `out/metrics.jsonl` logged after `step` (a resumed run's file then reads like one run).
+pub(crate) fn keep_metrics_through(out: &Path, step: u64) -> Result<()> {
+    let mpath = out.join("metrics.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&mpath) {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)
+            })
+            .collect();
+        std::fs::write(&mpath, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    }
+    Ok(())
+}
+
 /// Syncs the plain files directly in `dir`, then `dir` itself (its entries).
-fn sync_files_and_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_files_and_dir(dir: &Path) -> Result<()> {
     for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let p = e?.path();
         if p.is_file() {

@@ -5,6 +5,7 @@
 //! ([`crate::data::load_pairs`]) without any of them needing the trainer's loop, and its defaults are
 //! easiest to review apart from the code that uses them.
 
+use crate::kto::KtoLossType;
 use crate::loss::{LossParams, LossType};
 use crate::optim::{OptimizerParams, Schedule};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -24,6 +25,26 @@ pub struct LoraConfig {
 impl Default for LoraConfig {
     fn default() -> Self {
         Self { r: 16, alpha: 32.0, target_modules: vec!["all-linear".into()] }
+    }
+}
+
+/// KTO settings (TRL 0.27.2's `KTOConfig` names and defaults, `trl/experimental/kto/kto_config.py:141-161`);
+/// `Some` in [`TrainConfig::kto`] trains with [`crate::kto::KtoTrainer`] on unpaired data instead of DPO. β is
+/// `loss.beta` (KTOConfig's `beta`, same default 0.1).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KtoConfig {
+    /// `kto` (the paper's loss) or `apo_zero_unpaired` (APO-zero for unpaired data; no KL term).
+    pub loss_type: KtoLossType,
+    /// Weight of the desirable rows' losses (counter an imbalance of desirable and undesirable rows).
+    pub desirable_weight: f64,
+    /// Weight of the undesirable rows' losses.
+    pub undesirable_weight: f64,
+}
+
+impl Default for KtoConfig {
+    fn default() -> Self {
+        Self { loss_type: KtoLossType::Kto, desirable_weight: 1.0, undesirable_weight: 1.0 }
     }
 }
 
@@ -64,6 +85,8 @@ pub struct TrainConfig {
     pub sync_ref_model: bool,
     pub ref_model_mixup_alpha: f64,
     pub ref_model_sync_steps: u64,
+    /// KTO (`[kto]`): present = train on unpaired good/bad rows with [`crate::kto::KtoTrainer`].
+    pub kto: Option<KtoConfig>,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +115,7 @@ impl Default for TrainConfig {
             sync_ref_model: false,
             ref_model_mixup_alpha: 0.6,
             ref_model_sync_steps: 512,
+            kto: None,
         }
     }
 }
@@ -125,7 +149,49 @@ impl TrainConfig {
         if self.sync_ref_model && self.precompute_ref_log_probs {
             bail!("sync_ref_model changes the reference during training; set precompute_ref_log_probs = false");
         }
-        self.weighted_losses().map(|_| ())
+        self.weighted_losses()?;
+        match &self.kto {
+            Some(k) => self.validate_kto(k),
+            None => Ok(()),
+        }
+    }
+
+    /// The `[kto]` run's own checks: its weights, a batch that has mismatched pairs for the KL estimate, and no
+    /// DPO-only setting that KTO would silently ignore.
+    fn validate_kto(&self, k: &KtoConfig) -> Result<()> {
+        for (key, w) in [("desirable_weight", k.desirable_weight), ("undesirable_weight", k.undesirable_weight)] {
+            if !(w >= 0.0 && w.is_finite()) {
+                bail!("kto.{key} must be a finite number ≥ 0, got {w}");
+            }
+        }
+        if k.desirable_weight == 0.0 && k.undesirable_weight == 0.0 {
+            bail!("kto.desirable_weight and kto.undesirable_weight are both 0: nothing would be learned");
+        }
+        // TRL refuses the same (kto_trainer.py:598-602): with one row per batch the KL pair is the row itself.
+        if k.loss_type.uses_kl() && self.batch_size < 2 {
+            bail!(
+                "kto.loss_type = \"kto\" needs batch_size ≥ 2: its KL estimate pairs each prompt with another row's \
+                 completion from the same batch (got batch_size = {})",
+                self.batch_size
+            );
+        }
+        if self.loss_type != [LossType::Sigmoid] || self.loss_weights.is_some() {
+            bail!(
+                "loss_type / loss_weights choose DPO losses; with [kto] the loss is kto.loss_type (remove them, or \
+                 remove [kto] to train with DPO)"
+            );
+        }
+        if self.sync_ref_model {
+            bail!("sync_ref_model (TR-DPO) is not supported with [kto]");
+        }
+        // Every [loss] key but beta belongs to the DPO family.
+        let (now, default) = (serde_json::to_value(&self.loss)?, serde_json::to_value(LossParams::default())?);
+        if let (Some(now), Some(default)) = (now.as_object(), default.as_object()) {
+            if let Some(key) = now.keys().find(|k| k.as_str() != "beta" && now.get(*k) != default.get(*k)) {
+                bail!("loss.{key} is a DPO setting; KTO uses only loss.beta (remove it or [kto])");
+            }
+        }
+        Ok(())
     }
 }
 

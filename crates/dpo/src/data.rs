@@ -14,6 +14,10 @@
 //! start). `max_prompt_length`, if set, first cuts the prompt to its last tokens. A pair whose completion
 //! would be left empty is skipped and counted.
 //!
+//! A conversational row keeps its renderings as [`ChatText`] ([`TextPair::chat`]) and is tokenised with
+//! [`Tokenizer::encode_chat_text`]: the template's scaffolding becomes control tokens, while a message that
+//! spells one (`<|im_end|>`) stays ordinary text.
+//!
 //! End of sequence (TRL's `tokenize_row`): a plain-text completion gets the tokenizer's EOS appended before
 //! truncation; a conversational one does not, since its rendering already ends the assistant turn.
 
@@ -21,6 +25,7 @@ pub use crate::config::Truncation;
 
 use crate::config::TrainConfig;
 use anyhow::{anyhow, bail, Context as _, Result};
+use lm::tokenizer::ChatText;
 use lm::Tokenizer;
 use serde_json::Value;
 use std::path::Path;
@@ -35,6 +40,18 @@ pub struct TextPair {
     pub rejected: String,
     /// The prompt already contains the model's chat formatting.
     pub templated: bool,
+    /// A conversational row's renderings with the control tokens the template wrote (what is tokenised;
+    /// the strings above are their text, for showing and comparing).
+    pub chat: Option<ChatPair>,
+}
+
+/// A conversational pair rendered with the chat template: the prompt (with the generation prompt) and each
+/// completion (the whole conversation's rendering minus the prompt's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatPair {
+    pub prompt: ChatText,
+    pub chosen: ChatText,
+    pub rejected: ChatText,
 }
 
 /// One pair as token ids, ready for scoring.
@@ -82,7 +99,8 @@ impl Skipped {
 /// TRL's prompt extraction for implicit-prompt string pairs (one copy, shared with the oracle).
 pub use rows::shared_prefix;
 
-fn messages(v: &Value) -> Option<&Vec<Value>> {
+/// `v` as a list of `{role, content}` chat messages, if it is one.
+pub(crate) fn messages(v: &Value) -> Option<&Vec<Value>> {
     v.as_array().filter(|a| a.iter().all(|m| m.get("role").is_some() && m.get("content").is_some()))
 }
 
@@ -106,7 +124,11 @@ fn add_row(
     skipped: &mut Skipped,
 ) -> Result<()> {
     let pair = parse_row(v, tok).map_err(|e| anyhow!("{loc}: {e}"))?;
-    if pair.chosen == pair.rejected {
+    let identical = match &pair.chat {
+        Some(c) => c.chosen == c.rejected,
+        None => pair.chosen == pair.rejected,
+    };
+    if identical {
         skipped.identical.push(n);
     } else {
         out.push(TextPair { line: n, ..pair });
@@ -149,6 +171,29 @@ pub fn read_parquet(path: &Path, tok: &Tokenizer) -> Result<(Vec<TextPair>, Skip
     finish(path, out, skipped)
 }
 
+/// Every row of a JSONL file, or (by its `.parquet` extension) a Parquet file, as JSON with its 1-based number and
+/// its location for errors (`file:line`, `file row N`): for readers of other row types (KTO's unpaired rows).
+pub(crate) fn read_rows(path: &Path) -> Result<Vec<(usize, String, Value)>> {
+    let mut out = Vec::new();
+    if path.extension().is_some_and(|e| e == "parquet") {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let reader = SerializedFileReader::new(f)
+            .map_err(|e| anyhow!("{}: not a readable Parquet file ({e})", path.display()))?;
+        for (i, row) in reader.get_row_iter(None).map_err(|e| anyhow!("{}: {e}", path.display()))?.enumerate() {
+            let n = i + 1;
+            let row = row.map_err(|e| anyhow!("{} row {n}: {e}", path.display()))?;
+            out.push((n, format!("{} row {n}", path.display()), row.to_json_value()));
+        }
+    } else {
+        for row in rows::json_lines(path)? {
+            let (n, v) = row?;
+            out.push((n, format!("{}:{n}", path.display()), v));
+        }
+    }
+    Ok(out)
+}
+
 fn parse_row(v: &Value, tok: &Tokenizer) -> Result<TextPair> {
     let field =
         |k: &str| v.get(k).ok_or_else(|| anyhow!("column `{k}` is missing (expected prompt, chosen, rejected)"));
@@ -170,25 +215,34 @@ fn parse_row(v: &Value, tok: &Tokenizer) -> Result<TextPair> {
         if prompt_msgs.is_empty() {
             bail!("conversational row has no prompt messages");
         }
-        let prompt = tok.apply_chat_template(&Value::Array(prompt_msgs.clone()), true)?;
-        let render = |extra: &[Value]| -> Result<String> {
+        let prompt = tok.render_chat(&Value::Array(prompt_msgs.clone()), true)?;
+        let render = |extra: &[Value]| -> Result<ChatText> {
             if extra.is_empty() {
                 bail!("a completion has no messages");
             }
             let all: Vec<Value> = prompt_msgs.iter().chain(extra).cloned().collect();
-            let full = tok.apply_chat_template(&Value::Array(all), false)?;
+            let full = tok.render_chat(&Value::Array(all), false)?;
             full.strip_prefix(&prompt)
-                .map(str::to_string)
                 .ok_or_else(|| anyhow!("the chat template does not render the prompt as a prefix of the conversation"))
         };
-        TextPair { line: 0, chosen: render(&c_msgs)?, rejected: render(&r_msgs)?, prompt, templated: true }
+        let chat = ChatPair { chosen: render(&c_msgs)?, rejected: render(&r_msgs)?, prompt };
+        TextPair {
+            line: 0,
+            prompt: chat.prompt.to_string(),
+            chosen: chat.chosen.to_string(),
+            rejected: chat.rejected.to_string(),
+            templated: true,
+            chat: Some(chat),
+        }
     } else {
         let s = |k: &str, x: &Value| -> Result<String> {
             x.as_str().map(str::to_string).ok_or_else(|| anyhow!("column `{k}` must be a string or a list of messages"))
         };
         let (c, r) = (s("chosen", chosen)?, s("rejected", rejected)?);
         match v.get("prompt") {
-            Some(p) => TextPair { line: 0, prompt: s("prompt", p)?, chosen: c, rejected: r, templated: false },
+            Some(p) => {
+                TextPair { line: 0, prompt: s("prompt", p)?, chosen: c, rejected: r, templated: false, chat: None }
+            }
             None => {
                 let k = shared_prefix(&c, &r);
                 TextPair {
@@ -197,6 +251,7 @@ fn parse_row(v: &Value, tok: &Tokenizer) -> Result<TextPair> {
                     chosen: c[k..].to_string(),
                     rejected: r[k..].to_string(),
                     templated: false,
+                    chat: None,
                 }
             }
         }
@@ -221,8 +276,20 @@ pub fn tokenize(
 ) -> Result<Vec<TokenPair>> {
     let mut out = Vec::with_capacity(pairs.len());
     for p in pairs {
-        // A rendered chat prompt already carries the template's BOS text; don't add another.
-        let mut prompt = if p.templated { tok.encode_plain(&p.prompt)? } else { tok.encode(&p.prompt)? };
+        // A conversation is tokenised from its renderings, so only the template's scaffolding becomes control
+        // tokens. A rendered chat prompt already carries the template's BOS; don't add another.
+        let (mut prompt, mut c, mut r) = match &p.chat {
+            Some(ch) => (
+                tok.encode_chat_text(&ch.prompt, false)?,
+                tok.encode_chat_text(&ch.chosen, false)?,
+                tok.encode_chat_text(&ch.rejected, false)?,
+            ),
+            None => (
+                if p.templated { tok.encode_plain(&p.prompt)? } else { tok.encode(&p.prompt)? },
+                tok.encode_plain(&p.chosen)?,
+                tok.encode_plain(&p.rejected)?,
+            ),
+        };
         if prompt.is_empty() {
             // Implicit prompts can be empty; condition on BOS (or EOS, as GPT-2 does) instead.
             prompt.push(tok.bos_token_id.or(tok.eos_token_ids.first().copied()).unwrap_or(0));
@@ -232,12 +299,10 @@ pub fn tokenize(
                 prompt.drain(..prompt.len() - m);
             }
         }
-        let mut c = tok.encode_plain(&p.chosen)?;
-        let mut r = tok.encode_plain(&p.rejected)?;
         // TRL's tokenize_row (0.27.2 dpo_trainer.py:734-736) ends plain-text completions with EOS, so the model
         // learns where a preferred answer stops; a chat template already closes the turn, so rendered
         // conversational completions get none.
-        if let (false, Some(&eos)) = (p.templated, tok.eos_token_ids.first()) {
+        if let (false, Some(&eos)) = (p.templated || p.chat.is_some(), tok.eos_token_ids.first()) {
             c.push(eos);
             r.push(eos);
         }

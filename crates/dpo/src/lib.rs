@@ -19,12 +19,14 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod kto;
 pub mod loss;
 pub mod optim;
 pub mod train;
 
 pub use checkpoint::{find_checkpoint, latest_checkpoint};
-pub use config::{LoraConfig, TrainConfig};
+pub use config::{KtoConfig, LoraConfig, TrainConfig};
 pub use data::{load_pairs, read_preferences, Skipped, TokenPair};
+pub use kto::KtoTrainer;
 pub use loss::LossType;
 pub use train::{StepInfo, Trainer};

@@ -12,7 +12,7 @@
 pub use crate::config::{LoraConfig, TrainConfig};
 
 use crate::data::TokenPair;
-use crate::loss::{combined_loss, rewards, LossParams, PairLogps};
+use crate::loss::{rewards, token_loss, LossParams, LossType, PairLogps, TokenLogps};
 use crate::optim::{clip_coef, grad_norm, learning_rate, Optimizer};
 use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::{DType, Tensor, Var};
@@ -48,19 +48,25 @@ pub fn schedule(n_pairs: usize, cfg: &TrainConfig) -> Vec<Vec<Vec<usize>>> {
 
 /// Policy and reference log-probs of a batch of pairs.
 struct BatchLogps {
-    x: PairLogps,
+    /// The policy's per-token log-probs (the graph, when training).
+    tokens: TokenLogps,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
     mean_logit_chosen: Tensor,
     mean_logit_rejected: Tensor,
 }
 
-fn lens(pairs: &[&TokenPair], dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
-    let c: Vec<f32> = pairs.iter().map(|p| p.chosen.len() as f32).collect();
-    let r: Vec<f32> = pairs.iter().map(|p| p.rejected.len() as f32).collect();
-    Ok((Tensor::new(c, dev)?, Tensor::new(r, dev)?))
+/// The scores of one forward over the 2B sequences of a batch (chosen rows first), in f32.
+struct Forward {
+    chosen: Tensor,
+    rejected: Tensor,
+    mean_logit_chosen: Tensor,
+    mean_logit_rejected: Tensor,
+    tokens: TokenLogps,
 }
 
-/// Summed log-probs of chosen and rejected under `model`: one forward over 2B sequences.
-fn policy_logps(model: &LanguageModel, pairs: &[&TokenPair]) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+/// Log-probs of chosen and rejected under `model`: one forward over 2B sequences.
+fn policy_logps(model: &LanguageModel, pairs: &[&TokenPair]) -> Result<Forward> {
     let b = pairs.len();
     let items: Vec<(Vec<u32>, Vec<u32>)> = pairs
         .iter()
@@ -68,9 +74,26 @@ fn policy_logps(model: &LanguageModel, pairs: &[&TokenPair]) -> Result<(Tensor, 
         .chain(pairs.iter().map(|p| (p.prompt.clone(), p.rejected.clone())))
         .collect();
     let s = completion_logprobs(model, &items)?;
-    let sum = s.sum.to_dtype(DType::F32)?;
-    let ml = s.mean_logit.to_dtype(DType::F32)?;
-    Ok((sum.narrow(0, 0, b)?, sum.narrow(0, b, b)?, ml.narrow(0, 0, b)?, ml.narrow(0, b, b)?))
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let (sum, ml, tok, mask, lss) =
+        (f32(&s.sum)?, f32(&s.mean_logit)?, f32(&s.tokens)?, f32(&s.mask)?, f32(&s.log_sum_sq)?);
+    let halves = |t: &Tensor| -> Result<(Tensor, Tensor)> { Ok((t.narrow(0, 0, b)?, t.narrow(0, b, b)?)) };
+    let ((c, r), (mlc, mlr)) = (halves(&sum)?, halves(&ml)?);
+    let ((tc, tr), (mc, mr), (lc, lr)) = (halves(&tok)?, halves(&mask)?, halves(&lss)?);
+    Ok(Forward {
+        chosen: c,
+        rejected: r,
+        mean_logit_chosen: mlc,
+        mean_logit_rejected: mlr,
+        tokens: TokenLogps {
+            chosen: tc,
+            rejected: tr,
+            chosen_mask: mc,
+            rejected_mask: mr,
+            chosen_log_sum_sq: Some(lc),
+            rejected_log_sum_sq: Some(lr),
+        },
+    })
 }
 
 /// Reference log-probs `(chosen, rejected)` of every pair, `batch` at a time, without a graph.
@@ -78,8 +101,8 @@ pub fn reference_logps(reference: &LanguageModel, pairs: &[TokenPair], batch: us
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch.max(1)) {
         let refs: Vec<&TokenPair> = chunk.iter().collect();
-        let (c, r, _, _) = policy_logps(reference, &refs)?;
-        let (c, r): (Vec<f32>, Vec<f32>) = (c.detach().to_vec1()?, r.detach().to_vec1()?);
+        let f = policy_logps(reference, &refs)?;
+        let (c, r): (Vec<f32>, Vec<f32>) = (f.chosen.detach().to_vec1()?, f.rejected.detach().to_vec1()?);
         out.extend(c.into_iter().zip(r));
     }
     Ok(out)
@@ -96,16 +119,17 @@ impl Window {
     fn add(&mut self, key: &'static str, v: f64) {
         *self.sums.entry(key).or_default() += v;
     }
-    fn add_batch(&mut self, loss: f64, b: &BatchLogps, p: &LossParams) -> Result<()> {
-        let (rc, rr) = rewards(p, &b.x)?;
+    /// `x` is what the losses saw (LD-weighted log-probs under `ld_alpha`, as TRL logs them).
+    fn add_batch(&mut self, loss: f64, x: &PairLogps, b: &BatchLogps, p: &LossParams) -> Result<()> {
+        let (rc, rr) = rewards(p, x)?;
         let mean = |t: &Tensor| -> Result<f64> { Ok(t.detach().to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?) };
         self.add("loss", loss);
         self.add("rewards/chosen", mean(&rc)?);
         self.add("rewards/rejected", mean(&rr)?);
         self.add("rewards/accuracies", mean(&rc.gt(&rr)?.to_dtype(DType::F32)?)?);
         self.add("rewards/margins", mean(&(&rc - &rr)?)?);
-        self.add("logps/chosen", mean(&b.x.chosen)?);
-        self.add("logps/rejected", mean(&b.x.rejected)?);
+        self.add("logps/chosen", mean(&x.chosen)?);
+        self.add("logps/rejected", mean(&x.rejected)?);
         self.add("logits/chosen", mean(&b.mean_logit_chosen)?);
         self.add("logits/rejected", mean(&b.mean_logit_rejected)?);
         self.n += 1.0;
@@ -170,6 +194,9 @@ impl Trainer {
                 known_ref_train.unwrap().len(),
                 train.len()
             );
+        }
+        if cfg.kto.is_some() {
+            bail!("the [kto] section selects the KTO trainer (dpo::kto); the DPO trainer cannot run it");
         }
         cfg.validate()?;
         if train.is_empty() {
@@ -247,24 +274,30 @@ impl Trainer {
         let (data, cache) = if eval { (&self.eval, &self.ref_eval) } else { (&self.train, &self.ref_train) };
         let pairs: Vec<&TokenPair> = idx.iter().map(|&i| &data[i]).collect();
         let dev = self.policy.device().clone();
-        let (chosen, rejected, mlc, mlr) = policy_logps(&self.policy, &pairs)?;
+        let f = policy_logps(&self.policy, &pairs)?;
         let (ref_chosen, ref_rejected) = match (cache, &self.reference) {
             (Some(c), _) => {
                 let (a, b): (Vec<f32>, Vec<f32>) = idx.iter().map(|&i| c[i]).unzip();
                 (Tensor::new(a, &dev)?, Tensor::new(b, &dev)?)
             }
             (None, Some(r)) => {
-                let (a, b, _, _) = policy_logps(r, &pairs)?;
-                (a.detach(), b.detach())
+                let rf = policy_logps(r, &pairs)?;
+                (rf.chosen.detach(), rf.rejected.detach())
             }
-            (None, None) => (chosen.zeros_like()?, chosen.zeros_like()?),
+            (None, None) => (f.chosen.zeros_like()?, f.chosen.zeros_like()?),
         };
-        let (chosen_len, rejected_len) = lens(&pairs, &dev)?;
         Ok(BatchLogps {
-            x: PairLogps { chosen, rejected, ref_chosen, ref_rejected, chosen_len, rejected_len },
-            mean_logit_chosen: mlc,
-            mean_logit_rejected: mlr,
+            tokens: f.tokens,
+            ref_chosen,
+            ref_rejected,
+            mean_logit_chosen: f.mean_logit_chosen,
+            mean_logit_rejected: f.mean_logit_rejected,
         })
+    }
+
+    /// The loss of a batch and the sequence-level log-probs the losses saw.
+    fn loss(&self, losses: &[(LossType, f64)], b: &BatchLogps) -> Result<(Tensor, PairLogps)> {
+        token_loss(losses, &self.cfg.loss, &b.tokens, &b.ref_chosen, &b.ref_rejected)
     }
 
     /// Metrics over the eval pairs (no graph), with TRL's `eval_` prefix.
@@ -273,10 +306,11 @@ impl Trainer {
         let losses = self.cfg.weighted_losses()?;
         let idx: Vec<usize> = (0..self.eval.len()).collect();
         for chunk in idx.chunks(self.cfg.batch_size) {
-            let b = self.batch(chunk, true)?;
-            let x = detach(&b.x);
-            let loss = combined_loss(&losses, &self.cfg.loss, &x)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            w.add_batch(loss, &BatchLogps { x, ..b }, &self.cfg.loss)?;
+            let mut b = self.batch(chunk, true)?;
+            b.tokens.chosen = b.tokens.chosen.detach();
+            b.tokens.rejected = b.tokens.rejected.detach();
+            let (loss, x) = self.loss(&losses, &b)?;
+            w.add_batch(loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, &x, &b, &self.cfg.loss)?;
         }
         Ok(w.take("eval_"))
     }
@@ -304,7 +338,7 @@ impl Trainer {
                 let mut clock = Clock::start();
                 let b = self.batch(micro, false)?;
                 clock.lap(&mut self.timings, "forward");
-                let loss = combined_loss(&losses, &self.cfg.loss, &b.x)?;
+                let (loss, x) = self.loss(&losses, &b)?;
                 let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                 if !lv.is_finite() {
                     bail!("loss became {lv} at step {}; lower the learning rate or check the data", self.step + 1);
@@ -323,7 +357,7 @@ impl Trainer {
                 }
                 drop(grads);
                 clock.lap(&mut self.timings, "accumulate");
-                window.add_batch(lv, &b, &self.cfg.loss)?;
+                window.add_batch(lv, &x, &b, &self.cfg.loss)?;
                 clock.lap(&mut self.timings, "metrics");
             }
             let mut clock = Clock::start();
@@ -401,16 +435,5 @@ impl Clock {
         let now = std::time::Instant::now();
         *into.entry(phase).or_default() += now.duration_since(self.0).as_secs_f64();
         self.0 = now;
-    }
-}
-
-fn detach(x: &PairLogps) -> PairLogps {
-    PairLogps {
-        chosen: x.chosen.detach(),
-        rejected: x.rejected.detach(),
-        ref_chosen: x.ref_chosen.clone(),
-        ref_rejected: x.ref_rejected.clone(),
-        chosen_len: x.chosen_len.clone(),
-        rejected_len: x.rejected_len.clone(),
     }
 }

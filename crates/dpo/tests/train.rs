@@ -242,6 +242,10 @@ fn bad_configs_are_rejected() {
         TrainConfig { lora: Some(LoraConfig { target_modules: vec!["nope".into()], ..Default::default() }), ..cfg() };
     let e = Trainer::new(c, m(), synthetic(4, 1), vec![], out.path(), |_, _, _| {}).err().unwrap();
     assert!(e.to_string().contains("nope"), "{e}");
+    // A [kto] section selects the KTO trainer; the DPO trainer refuses it rather than train DPO.
+    let c = TrainConfig { kto: Some(dpo::KtoConfig::default()), ..cfg() };
+    let e = Trainer::new(c, m(), synthetic(4, 1), vec![], out.path(), |_, _, _| {}).err().unwrap();
+    assert!(e.to_string().contains("[kto]") && e.to_string().contains("KTO trainer"), "{e}");
     let e = toml::from_str::<TrainConfig>("learning_rat = 1e-5").unwrap_err();
     assert!(e.to_string().contains("learning_rat"), "{e}");
 }
@@ -316,4 +320,36 @@ fn resume_latest_continues_from_the_last_checkpoint_in_out() {
     let mut again = new(cfg());
     assert_eq!(again.resume_latest().unwrap(), Some(dir.path().join("checkpoint-1")));
     assert_eq!(again.step, 1);
+}
+
+/// LD-DPO and WPO reach the trainer through the per-token log-probs: `ld_alpha = 1` is plain DPO exactly,
+/// `ld_alpha = 0.5` (completions of unequal length) and `use_weighting` train differently, and both run to
+/// the end with finite metrics.
+#[test]
+fn ld_alpha_and_use_weighting_train_through_per_token_log_probs() {
+    let uneven: Vec<TokenPair> = synthetic(16, 9)
+        .into_iter()
+        .map(|mut p| {
+            p.chosen.truncate(3);
+            p.rejected.extend_from_slice(&[120, 121]);
+            p
+        })
+        .collect();
+    let run = |f: &dyn Fn(&mut TrainConfig)| {
+        let mut c = TrainConfig { epochs: 1, ..cfg() };
+        f(&mut c);
+        trained_weights(&train_tiny(c, "llama", 5, uneven.clone()))
+    };
+    let plain = run(&|_| {});
+    assert_close(&run(&|c| c.loss.ld_alpha = Some(1.0)), &plain, 1e-6, "ld_alpha = 1 and plain DPO");
+    let differs = |a: &[(String, Vec<f32>)], what: &str| {
+        let d = a
+            .iter()
+            .zip(&plain)
+            .flat_map(|((_, x), (_, y))| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+            .fold(0.0f32, f32::max);
+        assert!(d > 1e-6 && d.is_finite(), "{what}: weights differ from plain DPO by {d}");
+    };
+    differs(&run(&|c| c.loss.ld_alpha = Some(0.5)), "ld_alpha = 0.5");
+    differs(&run(&|c| c.loss.use_weighting = true), "use_weighting");
 }

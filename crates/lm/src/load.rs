@@ -319,16 +319,29 @@ fn read_gguf_header(path: &Path) -> Result<(std::io::BufReader<std::fs::File>, C
         .and_then(|v| v.to_vec().ok())
         .map(|v| v.iter().filter_map(|x| x.to_string().ok().cloned()).collect())
         .unwrap_or_default();
+    let scores: Vec<f32> = md
+        .get("tokenizer.ggml.scores")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| v.iter().map(|x| x.to_f32().unwrap_or(0.0)).collect())
+        .unwrap_or_default();
+    let model = meta_str(md, "tokenizer.ggml.model").unwrap_or_else(|| "gpt2".into());
+    let flag = |key: &str| md.get(key).and_then(|v| v.to_bool().ok());
+    // llama.cpp's defaults for files that do not say: SentencePiece vocabularies add BOS and the space
+    // prefix, byte-level BPE ones neither.
+    let spm = model == "llama";
     let tokenizer = Tokenizer::from_gguf_vocab(GgufVocab {
-        model: meta_str(md, "tokenizer.ggml.model").unwrap_or_else(|| "gpt2".into()),
+        model,
         pre: meta_str(md, "tokenizer.ggml.pre").unwrap_or_default(),
         tokens,
         token_types,
         merges,
+        scores,
         bos: config.bos_token_id,
         eos: config.eos_token_ids.first().copied(),
         pad: meta_opt_usize(md, "tokenizer.ggml.padding_token_id").map(|x| x as u32),
-        add_bos: md.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
+        unk: meta_opt_usize(md, "tokenizer.ggml.unknown_token_id").map(|x| x as u32),
+        add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(spm),
+        add_space_prefix: flag("tokenizer.ggml.add_space_prefix").unwrap_or(spm),
         chat_template: meta_str(md, "tokenizer.chat_template"),
     })
     .with_context(|| format!("{}: building the tokenizer", path.display()))?;
@@ -442,9 +455,17 @@ pub fn write_gguf(
         ("tokenizer.ggml.pre".into(), Value::String(vocab.pre.clone())),
         ("tokenizer.ggml.tokens".into(), Value::Array(vocab.tokens.iter().map(|t| Value::String(t.clone())).collect())),
         ("tokenizer.ggml.token_type".into(), Value::Array(vocab.token_types.iter().map(|&t| Value::I32(t)).collect())),
-        ("tokenizer.ggml.merges".into(), Value::Array(vocab.merges.iter().map(|t| Value::String(t.clone())).collect())),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(vocab.add_bos)),
+        ("tokenizer.ggml.add_space_prefix".into(), Value::Bool(vocab.add_space_prefix)),
     ];
+    // llama.cpp refuses a byte-level BPE file without the key, even with no merges; SentencePiece has none.
+    if vocab.model != "llama" || !vocab.merges.is_empty() {
+        let merges = vocab.merges.iter().map(|t| Value::String(t.clone())).collect();
+        md.push(("tokenizer.ggml.merges".into(), Value::Array(merges)));
+    }
+    if !vocab.scores.is_empty() {
+        md.push(("tokenizer.ggml.scores".into(), Value::Array(vocab.scores.iter().map(|&s| Value::F32(s)).collect())));
+    }
     let eps_key = if config.arch == Arch::Gpt2 { "layer_norm_epsilon" } else { "layer_norm_rms_epsilon" };
     md.push((format!("{a}.attention.{eps_key}"), Value::F32(config.norm_eps as f32)));
     if let Some(w) = config.sliding_window {
@@ -467,7 +488,7 @@ pub fn write_gguf(
             md.push((format!("{a}.{k}"), Value::F32(v as f32)));
         }
     }
-    for (k, v) in [("bos", vocab.bos), ("eos", vocab.eos), ("padding", vocab.pad)] {
+    for (k, v) in [("bos", vocab.bos), ("eos", vocab.eos), ("padding", vocab.pad), ("unknown", vocab.unk)] {
         if let Some(v) = v {
             md.push((format!("tokenizer.ggml.{k}_token_id"), Value::U32(v)));
         }

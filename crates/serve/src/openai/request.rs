@@ -352,26 +352,24 @@ pub(super) fn parse_messages(obj: &Map<String, Value>) -> Result<Vec<Value>, Api
     Ok(out)
 }
 
-/// The prompt tokens of a conversation: [`render_chat`]'s text, encoded, without a doubled BOS token.
+/// The prompt tokens of a conversation: the model's chat template, where only the template's own
+/// scaffolding becomes control tokens (a message that spells `<|im_end|>` cannot close its turn), or a plain
+/// transcript when the model has no template.
 pub(super) fn tokenize_chat(model: &LanguageModel, messages: &[Value]) -> Result<Vec<u32>, ApiError> {
-    let text = render_chat(model, messages)?;
-    let mut ids = encode(model, &text)?;
-    // Templates that write the BOS token themselves would otherwise get a second one from the tokenizer.
-    if let Some(bos) = model.tokenizer.bos_token_id {
-        if ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
-            ids.remove(0);
-        }
+    let tok = &model.tokenizer;
+    if tok.chat_template.is_none() {
+        return encode(model, &transcript(messages));
     }
-    Ok(ids)
+    let chat = tok.render_chat(&Value::Array(messages.to_vec()), true).map_err(|e| {
+        ApiError::invalid(format!("the model's chat template rejected the messages: {e:#}"), Some("messages"))
+    })?;
+    // A BOS first only if the model adds one and the template did not write it.
+    tok.encode_chat_text(&chat, true)
+        .map_err(|e| ApiError::invalid(format!("tokenizing the prompt failed: {e:#}"), None))
 }
 
-/// The prompt text of a conversation: the model's chat template, or a plain transcript when it has none.
-fn render_chat(model: &LanguageModel, messages: &[Value]) -> Result<String, ApiError> {
-    if model.tokenizer.chat_template.is_some() {
-        return model.tokenizer.apply_chat_template(&Value::Array(messages.to_vec()), true).map_err(|e| {
-            ApiError::invalid(format!("the model's chat template rejected the messages: {e:#}"), Some("messages"))
-        });
-    }
+/// A plain transcript for models without a chat template.
+fn transcript(messages: &[Value]) -> String {
     let mut text = String::new();
     for m in messages {
         text.push_str(&format!(
@@ -381,7 +379,7 @@ fn render_chat(model: &LanguageModel, messages: &[Value]) -> Result<String, ApiE
         ));
     }
     text.push_str("assistant:");
-    Ok(text)
+    text
 }
 
 pub(super) fn too_many_sequences(prompts: usize, n: usize) -> ApiError {
