@@ -67,11 +67,7 @@ fn median_time<T>(mut f: impl FnMut() -> Result<T>) -> Result<(T, f64)> {
 }
 
 pub fn lm(a: LmBenchArgs) -> Result<()> {
-    let dev = match a.device.device.as_str() {
-        "cpu" => candle_core::Device::Cpu,
-        "cuda" => candle_core::Device::new_cuda(0)?,
-        o => bail!("--device {o:?}: expected cpu or cuda"),
-    };
+    let dev = crate::open_device(&a.device.device)?;
     if !a.json {
         println!("activepref bench lm — device {}, {} threads", a.device.device, candle_core::utils::get_num_threads());
         println!("{:<14} {:<30} {:>14} {:>18} {:>8}", "shape", "measure", "tokens/s", "baseline tokens/s", "ratio");

@@ -115,15 +115,24 @@ pub struct ModelArgs {
     pub device: String,
 }
 
+/// The device named by `--device`, with one line saying what to do when CUDA is not there.
+pub fn open_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if !cfg!(feature = "cuda") => bail!(
+            "--device cuda: this activepref was built without CUDA; build one with scripts/build-cuda.sh \
+             (cargo build --release --features cuda)"
+        ),
+        "cuda" => Device::new_cuda(0).map_err(|e| {
+            anyhow::anyhow!("--device cuda: no usable CUDA device 0 ({e}); check the NVIDIA driver and LD_LIBRARY_PATH")
+        }),
+        other => bail!("--device {other:?}: expected cpu or cuda"),
+    }
+}
+
 impl ModelArgs {
     pub fn device(&self) -> Result<Device> {
-        match self.device.as_str() {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => {
-                Device::new_cuda(0).context("opening CUDA device 0 (was this binary built with --features cuda?)")
-            }
-            other => bail!("--device {other:?}: expected cpu or cuda"),
-        }
+        open_device(&self.device)
     }
 
     pub fn load(&self) -> Result<LanguageModel> {

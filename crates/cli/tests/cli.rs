@@ -232,6 +232,15 @@ fn bad_prompts_and_inputs_give_clear_errors() {
     // The tiny model has 128 positions; a byte-level 200-character prompt is too long.
     let long = "y".repeat(200);
     fails_with(&["generate", "--model", m, "--prompt", &long], &["prompt 0 has 200 tokens", "context of 128"]);
+    // A CPU build asked for CUDA says so and how to build one (this test binary is the CPU build).
+    if !cfg!(feature = "cuda") {
+        fails_with(
+            &["generate", "--model", m, "--prompt", "hi", "--device", "cuda"],
+            &["built without CUDA", "scripts/build-cuda.sh"],
+        );
+        fails_with(&["bench", "lm", "--shapes", "tiny", "--device", "cuda"], &["built without CUDA"]);
+    }
+    fails_with(&["generate", "--model", m, "--prompt", "hi", "--device", "tpu"], &["expected cpu or cuda"]);
     std::fs::write(t.join("bad.jsonl"), "{\"prompt\": \"ok\"}\n{oops\n").unwrap();
     fails_with(
         &["generate", "--model", m, "--prompts", t.join("bad.jsonl").to_str().unwrap()],
