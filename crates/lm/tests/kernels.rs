@@ -212,3 +212,37 @@ fn fused_rope_equals_candle_ops_exactly_and_finite_differences() {
         }
     }
 }
+
+#[test]
+fn fused_masked_softmax_equals_candle_ops_and_finite_differences() {
+    use lm::kernels::norm::{masked_softmax, softmax_last};
+    // (B, G, rep·T, S) scores with T = 5 positions, rep = 2 query heads per group, S = 7 keys.
+    let (b, g, rep, t, s) = (2, 3, 2, 5, 7);
+    for dtype in [DType::F32, DType::F64] {
+        let x = Var::from_tensor(
+            &Tensor::randn(0f32, 1.0, (b, g, rep * t, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap(),
+        )
+        .unwrap();
+        // Causal with an offset of 2 cached keys, and row 1's first key hidden (left padding).
+        let mut m = vec![0f32; b * t * s];
+        for bi in 0..b {
+            for i in 0..t {
+                for j in 0..s {
+                    if j > i + 2 || (bi == 1 && j == 0 && i > 0) {
+                        m[(bi * t + i) * s + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, t, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let fused = |x: &[Tensor]| masked_softmax(&x[0], &mask, t).unwrap();
+        let plain = |x: &[Tensor]| {
+            let y = x[0].reshape((b, g, rep, t, s)).unwrap().broadcast_add(&mask.unsqueeze(1).unwrap()).unwrap();
+            softmax_last(&y.reshape((b, g, rep * t, s)).unwrap()).unwrap()
+        };
+        check_against(&format!("masked softmax {dtype:?}"), std::slice::from_ref(&x), fused, plain);
+        if dtype == DType::F64 {
+            check_fd("masked softmax", &[x], fused);
+        }
+    }
+}

@@ -355,6 +355,12 @@ pub fn attention(
     if let Some(c) = softcap {
         scores = ((scores / c)?.tanh()? * c)?;
     }
+    // Training: the mask and the softmax as one op with a backward (inference keeps candle-nn's kernels).
+    if let (Some(m), true) = (mask, tracks(&[&scores])) {
+        let probs = crate::kernels::norm::masked_softmax(&scores, m, t).map_err(to_candle)?;
+        let y = probs.matmul(&v.contiguous()?)?; // (B, n_kv, rep*T, hd)
+        return y.reshape((b, h, t, hd)); // (B, H, T, hd)
+    }
     if let Some(m) = mask {
         let scores5 = scores.reshape((b, n_kv, rep, t, s))?; // (B, n_kv, rep, T, S)
         let m = m.unsqueeze(1)?; // (B, 1, 1, T, S)

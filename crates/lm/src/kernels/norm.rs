@@ -330,3 +330,79 @@ impl candle_core::CustomOp1 for Softmax {
         Ok(Some(dx))
     }
 }
+
+/// Softmax over the last dimension of attention scores plus an additive mask, as one op whose backward
+/// is the softmax's (the mask is a constant). `x` `(B, G, Q, S)` with the `Q` query rows made of groups of
+/// `t` positions (grouped-query heads folded into rows), `mask` `(B, 1, t, S)`: row `q` of batch `b` adds
+/// mask row `(b, q mod t)`. The composition broadcasts the mask to the scores' size, adds, and in the
+/// backward pass sums a gradient for the mask that nothing uses.
+pub fn masked_softmax(x: &Tensor, mask: &Tensor, t: usize) -> Result<Tensor> {
+    let (b, g, q, s) = x.dims4()?;
+    if !fused(x, &[mask]) || q % t != 0 || mask.dims() != [b, 1, t, s] {
+        let m = mask.unsqueeze(1)?; // (B, 1, 1, t, S)
+        let y = x.reshape((b, g, q / t, t, s))?.broadcast_add(&m)?.reshape((b, g, q, s))?;
+        return softmax_last(&y);
+    }
+    Ok(x.apply_op1(MaskedSoftmax { mask: mask.detach().contiguous()?, t })?)
+}
+
+struct MaskedSoftmax {
+    /// `(B, 1, t, S)`
+    mask: Tensor,
+    t: usize,
+}
+
+fn masked_softmax_rows<T: Float>(
+    x: &[T],
+    mask: &[T],
+    (rows_per_batch, q, t, s): (usize, usize, usize, usize),
+) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(s).zip(x.par_chunks(s)).enumerate().for_each(|(r, (y, x))| {
+        let (bi, qi) = (r / rows_per_batch, r % q);
+        let m = &mask[(bi * t + qi % t) * s..(bi * t + qi % t + 1) * s];
+        let mut mx = T::neg_infinity();
+        for (y, (&x, &m)) in y.iter_mut().zip(x.iter().zip(m)) {
+            *y = x + m;
+            mx = num_traits::Float::max(mx, *y);
+        }
+        let mut sum = T::zero();
+        for y in y.iter_mut() {
+            *y = (*y - mx).exp();
+            sum += *y;
+        }
+        let inv = sum.recip();
+        y.iter_mut().for_each(|v| *v *= inv);
+    });
+    y
+}
+
+impl candle_core::CustomOp1 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, g, q, s) = l.shape().dims4()?;
+        let dims = (g * q, q, self.t, s);
+        let y = match st {
+            CpuStorage::F32(_) => {
+                f32::to_cpu_storage_owned(masked_softmax_rows(slice::<f32>(st, l)?, &host(&self.mask)?, dims))
+            }
+            CpuStorage::F64(_) => {
+                f64::to_cpu_storage_owned(masked_softmax_rows(slice::<f64>(st, l)?, &host(&self.mask)?, dims))
+            }
+            _ => candle_core::bail!("masked softmax: f32 or f64 only"),
+        };
+        Ok((y, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let d = y.dim(D::Minus1)?;
+        let dx = match y.dtype() {
+            DType::F32 => Tensor::from_vec(softmax_bwd(&host::<f32>(y)?, &host(g)?, d), y.shape(), y.device())?,
+            _ => Tensor::from_vec(softmax_bwd(&host::<f64>(y)?, &host(g)?, d), y.shape(), y.device())?,
+        };
+        Ok(Some(dx))
+    }
+}
