@@ -1,6 +1,7 @@
 //! Experiments: every strategy × seed as its own resumable run under one directory, summarised as the
-//! paper's headline table (win rate against the starting model per label count, mean ± s.e. across seeds)
-//! and a plot of win rate against labels.
+//! paper's headline table (win rate against the starting model per label count, mean with a 95% bootstrap
+//! interval over seeds × prompts, the difference to `random`, the label savings; [`crate::stats`]) and a plot
+//! of win rate against labels.
 //!
 //! Each run is an ordinary run directory (`<strategy>-seed<N>`), so an experiment stopped at any point and
 //! started again resumes every unfinished run and reuses every finished one.
@@ -9,6 +10,7 @@ use crate::active::ActiveLoop;
 use crate::config::{ActiveConfig, OracleKind, Strategy};
 use crate::event::Event;
 use crate::run_dir::write_atomic;
+use crate::stats::{self, Outcome};
 use anyhow::{bail, Context as _, Result};
 use lm::LanguageModel;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,8 @@ pub struct Experiment {
     /// Seeds 0..seeds for every strategy.
     pub seeds: u64,
     pub out: PathBuf,
+    /// How the intervals are made (replicates, RNG seed, the baseline strategy).
+    pub stats: stats::Options,
 }
 
 impl Experiment {
@@ -33,7 +37,7 @@ impl Experiment {
         if cfg.oracle.kind == OracleKind::Human {
             bail!("experiments need an automatic oracle (oracle.kind = human would wait for people in every run)");
         }
-        Ok(Self { cfg, strategies, seeds, out: out.to_path_buf() })
+        Ok(Self { cfg, strategies, seeds, out: out.to_path_buf(), stats: stats::Options::default() })
     }
 
     /// The run directory of one strategy and seed.
@@ -52,6 +56,7 @@ impl Experiment {
     ) -> Result<::report::ExperimentReport> {
         std::fs::create_dir_all(&self.out).with_context(|| format!("creating {}", self.out.display()))?;
         let mut cells: Vec<::report::Cell> = Vec::new();
+        let mut outcomes: Vec<Outcome> = Vec::new();
         for &s in &self.strategies {
             for seed in 0..self.seeds {
                 let mut c = self.cfg.clone();
@@ -60,7 +65,13 @@ impl Experiment {
                 let dir = self.run_dir(s, seed);
                 events(Event::Stage(format!("{} seed {seed} ({})", s.name(), dir.display())));
                 let copy = base.with_params(base.params.clone())?;
-                let res = ActiveLoop::prepare(c, &dir, copy, snippets, &mut *events)?.run()?;
+                let mut run = ActiveLoop::prepare(c, &dir, copy, snippets, &mut *events)?;
+                let res = run.run()?;
+                for r in &res {
+                    for (prompt, win) in crate::results::prompt_outcomes(&run.store, r.round)? {
+                        outcomes.push(Outcome { strategy: s.name().into(), seed, labels: r.labels, prompt, win });
+                    }
+                }
                 for r in res {
                     if let Some(w) = r.win_rate {
                         match cells.iter_mut().find(|x| x.strategy == s.name() && x.labels == r.labels) {
@@ -75,11 +86,22 @@ impl Experiment {
                 }
             }
         }
+        let st = stats::summarize(&outcomes, &self.stats);
+        let spread = if st.prompts_only {
+            "intervals across prompts only (one seed)".to_string()
+        } else {
+            "bootstrap over seeds × prompts".to_string()
+        };
         Ok(::report::ExperimentReport {
             title: "activepref experiment — win rate vs the starting model".into(),
-            subtitle: format!("{} seed(s) per strategy; mean ± standard error across seeds", self.seeds),
+            subtitle: format!(
+                "{} seed(s) per strategy; mean [{:.0}% interval], {spread}",
+                self.seeds,
+                st.level * 100.0
+            ),
             cells,
             notes: vec![],
+            stats: Some(st),
         })
     }
 

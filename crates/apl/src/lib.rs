@@ -5,7 +5,7 @@
 //! Data flows one way: prompts ([`prompts`]) → candidates and selection ([`acquire`]) → labels ([`oracles`],
 //! the `oracle` crate, [`store`]) → training (`dpo`) → evaluation ([`eval`]) → results and report
 //! ([`results`], [`report`]). [`active`] is the only module that knows the order; [`experiment`] runs it for
-//! several strategies and seeds.
+//! several strategies and seeds, and [`stats`] turns the experiment's per-prompt outcomes into intervals.
 //!
 //! Run-level facts each have one home, and the server and the CLI call them rather than keep copies: where a
 //! run's files are ([`run_dir`]), a round's policy ([`policy`]), per-round results ([`results`]), the
@@ -25,6 +25,7 @@ pub mod results;
 pub mod reward;
 pub mod run_dir;
 pub mod seed;
+pub mod stats;
 pub mod store;
 pub mod testing;
 

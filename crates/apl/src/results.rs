@@ -39,11 +39,18 @@ pub fn mean_binomial_se(xs: &[f64]) -> (f64, f64) {
 /// Win rate of `round`'s policy against the starting model over the prompts judged so far, with its
 /// standard error and the number judged; `None` before any judgment.
 pub fn win_rate(store: &Store, round: usize) -> Result<Option<(f64, f64, usize)>> {
-    let wins: Vec<f64> = store.judgments(round)?.iter().map(|j| j.win).collect();
+    let wins: Vec<f64> = prompt_outcomes(store, round)?.into_iter().map(|o| o.1).collect();
     Ok((!wins.is_empty()).then(|| {
         let (m, se) = mean_binomial_se(&wins);
         (m, se, wins.len())
     }))
+}
+
+/// Per-prompt outcomes of `round`'s policy against the starting model, by prompt id: (prompt text, 1 win /
+/// 0 loss / 0.5 tie). The text is the prompt's identity across runs (store ids are per run); the win rate is
+/// their mean, and `experiment`'s bootstrap ([`crate::stats`]) resamples them.
+pub fn prompt_outcomes(store: &Store, round: usize) -> Result<Vec<(String, f64)>> {
+    Ok(store.judgments(round)?.into_iter().map(|j| (j.prompt, j.win)).collect())
 }
 
 /// Whether the oracle preferred the completion the model favoured at acquisition (p̂ > ½ favours

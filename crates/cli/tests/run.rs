@@ -373,19 +373,28 @@ fn experiment_prints_the_table_and_writes_the_plot() {
     let asked: usize = seen.lock().unwrap().values().sum();
 
     // The markdown table: header `strategy / labels | 4 | 8`, an alignment line, one row per strategy with a
-    // win rate (mean ± s.e. of the 2 seeds, in percent) in each column.
-    let lines: Vec<&str> = stdout.lines().filter(|l| l.trim_start().starts_with('|')).collect();
+    // win rate (mean [95% bootstrap interval over seeds × prompts], in percent) in each column; then the
+    // difference to random and the label savings.
+    let lines: Vec<&str> = stdout
+        .lines()
+        .take_while(|l| !l.starts_with("Difference"))
+        .filter(|l| l.trim_start().starts_with('|'))
+        .collect();
     assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        stdout.contains("Difference to random") && stdout.contains("Labels to reach random's final win rate"),
+        "{stdout}"
+    );
     assert_eq!(cells(lines[0]), ["strategy / labels", "4", "8"], "{stdout}");
     assert!(cells(lines[1]).iter().all(|c| c.chars().all(|ch| ch == '-' || ch == ':') && c.contains('-')), "{stdout}");
     for (line, name) in lines[2..].iter().zip(["random", "certainty"]) {
         let c = cells(line);
         assert_eq!(c[0], name, "{stdout}");
         for v in &c[1..] {
-            let (mean, se) = v.trim_matches('*').split_once('±').unwrap_or_else(|| panic!("cell {v:?}\n{stdout}"));
-            let mean: f64 = mean.parse().unwrap();
-            let se: f64 = se.parse().unwrap();
-            assert!((0.0..=100.0).contains(&mean) && se >= 0.0, "cell {v:?}");
+            let (mean, iv) = v.trim_matches('*').split_once('[').unwrap_or_else(|| panic!("cell {v:?}\n{stdout}"));
+            let (lo, hi) = iv.trim_end_matches(']').split_once(',').unwrap();
+            let [mean, lo, hi]: [f64; 3] = [mean, lo, hi].map(|x| x.trim().parse().unwrap());
+            assert!((0.0..=100.0).contains(&mean) && lo <= mean && mean <= hi, "cell {v:?}");
         }
     }
     let table = std::fs::read_to_string(out.join("table.md")).unwrap();
@@ -395,6 +404,11 @@ fn experiment_prints_the_table_and_writes_the_plot() {
     let cells_json = results["cells"].as_array().unwrap();
     assert_eq!(cells_json.len(), 4, "{results}");
     assert!(cells_json.iter().all(|c| c["win_rates"].as_array().unwrap().len() == 2), "{results}");
+    let stats = &results["stats"];
+    assert_eq!(stats["seeds"], 2, "{results}");
+    assert_eq!(stats["cells"].as_array().unwrap().len(), 4, "{results}");
+    assert!(stats["cells"].as_array().unwrap().iter().any(|c| c["diff"]["paired"] == true), "{results}");
+    assert_eq!(stats["savings"].as_array().unwrap().len(), 2, "{results}");
     let html = std::fs::read_to_string(out.join("experiment.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("random") && html.contains("certainty"));
     for run in ["random-seed0", "random-seed1", "certainty-seed0", "certainty-seed1"] {

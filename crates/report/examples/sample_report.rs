@@ -175,6 +175,7 @@ fn sample_experiment() -> ExperimentReport {
             .into(),
         cells,
         notes: vec!["Entropy has 6 seeds, the others 9, as in the paper.".into()],
+        stats: None,
     }
 }
 

@@ -1,10 +1,12 @@
 //! The experiment report: several acquisition strategies × seeds, summarised as the paper's headline table
-//! (win rate % ± s.e. across seeds, rows = strategies, columns = label budgets, best per column in bold) and a plot
-//! of win rate vs labels with one line per strategy.
+//! (win rate % ± s.e. across seeds, or "mean [lo, hi]" with bootstrap intervals when the report carries
+//! [`ExperimentStats`]; rows = strategies, columns = label budgets, best per column in bold), the difference to the
+//! baseline strategy and the label savings when it has them, and a plot of win rate vs labels with one line per
+//! strategy.
 
 use crate::html::{self, escape_html};
 use crate::svg::{self, Axis, Fmt, Frame, Mark};
-use crate::ExperimentReport;
+use crate::{ExperimentReport, ExperimentStats, Savings};
 
 /// Mean and standard error (sample standard deviation / √n) of the finite values in `xs`.
 ///
@@ -30,15 +32,23 @@ struct Stat {
     mean: f64,
     se: Option<f64>,
     n: usize,
+    /// The bootstrap interval, when the report has statistics.
+    ci: Option<(f64, f64)>,
 }
 
 impl Stat {
-    /// "67.0±1.2" in percent, or "67.0" for a single seed.
+    /// "67.0±1.2" in percent, "67.0" for a single seed, or "67.0 [65.1, 69.0]" with an interval.
     fn text(&self) -> String {
-        match self.se {
-            Some(se) => format!("{:.1}±{:.1}", self.mean * 100.0, se * 100.0),
-            None => format!("{:.1}", self.mean * 100.0),
+        match (self.ci, self.se) {
+            (Some((lo, hi)), _) => format!("{:.1} [{:.1}, {:.1}]", self.mean * 100.0, lo * 100.0, hi * 100.0),
+            (None, Some(se)) => format!("{:.1}±{:.1}", self.mean * 100.0, se * 100.0),
+            (None, None) => format!("{:.1}", self.mean * 100.0),
         }
+    }
+
+    /// The error bar: the interval, else ± 1 s.e.
+    fn bar(&self) -> Option<(f64, f64)> {
+        self.ci.or(self.se.map(|se| (self.mean - se, self.mean + se)))
     }
 }
 
@@ -53,12 +63,13 @@ struct Table {
 
 fn build_table(e: &ExperimentReport) -> Table {
     let mut strategies: Vec<String> = Vec::new();
-    for c in &e.cells {
-        if !strategies.contains(&c.strategy) {
-            strategies.push(c.strategy.clone());
+    let stat_cells = e.stats.iter().flat_map(|s| s.cells.iter().map(|c| (&c.strategy, c.labels)));
+    for (s, _) in e.cells.iter().map(|c| (&c.strategy, c.labels)).chain(stat_cells.clone()) {
+        if !strategies.contains(s) {
+            strategies.push(s.clone());
         }
     }
-    let mut labels: Vec<usize> = e.cells.iter().map(|c| c.labels).collect();
+    let mut labels: Vec<usize> = e.cells.iter().map(|c| c.labels).chain(stat_cells.map(|c| c.1)).collect();
     labels.sort_unstable();
     labels.dedup();
     let stats: Vec<Vec<Option<Stat>>> = strategies
@@ -67,6 +78,14 @@ fn build_table(e: &ExperimentReport) -> Table {
             labels
                 .iter()
                 .map(|&l| {
+                    if let Some(st) = &e.stats {
+                        return st.cells.iter().find(|c| &c.strategy == s && c.labels == l).map(|c| Stat {
+                            mean: c.win_rate.mean,
+                            se: None,
+                            n: c.seeds,
+                            ci: Some((c.win_rate.lo, c.win_rate.hi)),
+                        });
+                    }
                     // Repeated (strategy, labels) cells are merged: e.g. seeds reported by separate jobs.
                     let xs: Vec<f64> = e
                         .cells
@@ -79,7 +98,7 @@ fn build_table(e: &ExperimentReport) -> Table {
                         return None;
                     }
                     let (mean, se) = mean_se(&xs);
-                    Some(Stat { mean, se, n: xs.len() })
+                    Some(Stat { mean, se, n: xs.len(), ci: None })
                 })
                 .collect()
         })
@@ -106,6 +125,10 @@ fn build_table(e: &ExperimentReport) -> Table {
 /// label counts ascending, cells = win rate in percent "67.0±1.2" (mean ± s.e. across seeds; "67.0" for one
 /// seed, "—" when missing), the best mean of each column in `**bold**`. Columns are padded so the text lines up.
 /// With no cells at all the result is the line "no results yet".
+///
+/// With [`ExperimentStats`] the cells are "67.0 [65.1, 69.0]" (mean and bootstrap interval), followed by the
+/// difference to the baseline in percentage points, the label savings, and a footnote on how the intervals were
+/// made (across prompts only with fewer than two seeds).
 pub fn experiment_table(e: &ExperimentReport) -> String {
     let t = build_table(e);
     if t.strategies.is_empty() {
@@ -126,6 +149,15 @@ pub fn experiment_table(e: &ExperimentReport) -> String {
         }
         rows.push(row);
     }
+    let mut out = md_table(&rows);
+    if let Some(st) = &e.stats {
+        stats_text(&mut out, st, &t);
+    }
+    out
+}
+
+/// A Markdown table padded to line up: names left, numbers right.
+fn md_table(rows: &[Vec<String>]) -> String {
     // Width in characters, not bytes: "±" and "—" are multi-byte.
     let width = |s: &str| s.chars().count();
     let widths: Vec<usize> =
@@ -160,6 +192,89 @@ pub fn experiment_table(e: &ExperimentReport) -> String {
     out
 }
 
+/// How the intervals were made, in one sentence.
+fn design(st: &ExperimentStats) -> String {
+    let level = st.level * 100.0;
+    if st.prompts_only {
+        format!(
+            "Intervals: {level:.0}% percentile bootstrap ({} replicates) across prompts only — fewer than 2 seeds, \
+             so seed-to-seed variation is not in them.",
+            st.replicates
+        )
+    } else {
+        format!(
+            "Intervals: {level:.0}% percentile bootstrap ({} replicates) resampling seeds ({}) and prompts as a \
+             crossed design; differences are paired on the prompts both strategies evaluated.",
+            st.replicates, st.seeds
+        )
+    }
+}
+
+/// A difference in percentage points with its interval, "+5.0 [+2.1, +7.9]" ("*" when unpaired).
+fn diff_text(d: &crate::Difference) -> String {
+    format!("{:+.1} [{:+.1}, {:+.1}]{}", d.mean * 100.0, d.lo * 100.0, d.hi * 100.0, if d.paired { "" } else { "*" })
+}
+
+/// Labels needed and the savings share: ("30.0", "75% [60%, 90%]") or ("> 40", "censored").
+fn savings_text(s: &Savings) -> (String, String) {
+    let pct = |x: Option<f64>| x.map_or("never".to_string(), |x| format!("{:.0}%", x * 100.0));
+    match (s.labels_needed, s.share) {
+        (Some(n), Some(sh)) => {
+            (format!("{n:.1}"), format!("{:.0}% [{}, {}]", sh * 100.0, pct(s.share_lo), pct(s.share_hi)))
+        }
+        _ => (
+            format!("> {}", s.max_labels),
+            format!("censored (> {:.0}%)", s.max_labels as f64 / s.baseline_labels as f64 * 100.0),
+        ),
+    }
+}
+
+fn stats_text(out: &mut String, st: &ExperimentStats, t: &Table) {
+    if let Some(base) = &st.baseline {
+        let others: Vec<&String> = t.strategies.iter().filter(|s| *s != base).collect();
+        if !others.is_empty() {
+            out.push_str(&format!("\nDifference to {base} (percentage points, [interval]):\n\n"));
+            let mut rows = vec![std::iter::once("strategy / labels".to_string())
+                .chain(t.labels.iter().map(|l| l.to_string()))
+                .collect::<Vec<_>>()];
+            let mut unpaired = false;
+            for s in &others {
+                let mut row = vec![(*s).clone()];
+                for &l in &t.labels {
+                    let d = st.cells.iter().find(|c| &c.strategy == *s && c.labels == l).and_then(|c| c.diff.as_ref());
+                    unpaired |= d.is_some_and(|d| !d.paired);
+                    row.push(d.map_or("—".to_string(), diff_text));
+                }
+                rows.push(row);
+            }
+            out.push_str(&md_table(&rows));
+            if unpaired {
+                out.push_str("\n\\* unpaired: the runs evaluated different prompts, so the means were resampled independently.\n");
+            }
+        }
+        if let Some(s0) = st.savings.first() {
+            out.push_str(&format!(
+                "\nLabels to reach {base}'s final win rate ({:.1}% at {} labels):\n\n",
+                s0.target * 100.0,
+                s0.baseline_labels
+            ));
+            let mut rows =
+                vec![vec!["strategy".to_string(), "labels needed".into(), format!("share of {base}'s [interval]")]];
+            for s in &st.savings {
+                let (n, sh) = savings_text(s);
+                rows.push(vec![s.strategy.clone(), n, sh]);
+            }
+            out.push_str(&md_table(&rows));
+        }
+    }
+    out.push('\n');
+    out.push_str(&design(st));
+    out.push('\n');
+    for n in &st.notes {
+        out.push_str(&format!("Note: {n}\n"));
+    }
+}
+
 /// Renders an experiment report as one self-contained HTML page: the table of [`experiment_table`] and a plot
 /// of win rate vs labels with one line per strategy and ± 1 s.e. error bars.
 pub fn render_experiment(e: &ExperimentReport) -> String {
@@ -180,12 +295,22 @@ pub fn render_experiment(e: &ExperimentReport) -> String {
             [n] => format!("{n} seeds per cell"),
             _ => "seeds per cell shown as n".to_string(),
         };
-        w!(
-            b,
-            "<p class=\"caption\">Win rate % vs the baseline, mean ± standard error across seeds ({}); best of each \
-             column in bold.</p>\n",
-            seeds
-        );
+        match &e.stats {
+            Some(st) => w!(
+                b,
+                "<p class=\"caption\">Win rate % vs the baseline, mean [{:.0}% interval] ({}); best of each column \
+                 in bold. {}</p>\n",
+                st.level * 100.0,
+                seeds,
+                escape_html(&design(st))
+            ),
+            None => w!(
+                b,
+                "<p class=\"caption\">Win rate % vs the baseline, mean ± standard error across seeds ({}); best of \
+                 each column in bold.</p>\n",
+                seeds
+            ),
+        }
         b.push_str("<div class=\"scroll\"><table>\n<thead><tr><th>strategy / labels</th>");
         for l in &t.labels {
             w!(b, "<th>{l}</th>");
@@ -199,7 +324,12 @@ pub fn render_experiment(e: &ExperimentReport) -> String {
                     Some(st) => {
                         let mean = format!("{:.1}", st.mean * 100.0);
                         let mean = if t.best[r][c] { format!("<strong>{mean}</strong>") } else { mean };
-                        let se = st.se.map(|se| format!(" <span class=\"se\">± {:.1}</span>", se * 100.0));
+                        let se = match st.ci {
+                            Some((lo, hi)) => {
+                                Some(format!(" <span class=\"se\">[{:.1}, {:.1}]</span>", lo * 100.0, hi * 100.0))
+                            }
+                            None => st.se.map(|se| format!(" <span class=\"se\">± {:.1}</span>", se * 100.0)),
+                        };
                         let n =
                             if ns.len() > 1 { format!(" <span class=\"se\">n={}</span>", st.n) } else { String::new() };
                         w!(b, "<td>{mean}{}{n}</td>", se.unwrap_or_default());
@@ -209,17 +339,93 @@ pub fn render_experiment(e: &ExperimentReport) -> String {
             b.push_str("</tr>\n");
         }
         b.push_str("</tbody>\n</table></div>\n</section>\n");
-        plot_section(&mut b, &t);
+        if let Some(st) = &e.stats {
+            stats_html(&mut b, st, &t);
+        }
+        plot_section(&mut b, &t, e.stats.is_some());
     }
     html::notes(&mut b, &e.notes);
     html::page(title, &b)
 }
 
-fn plot_section(b: &mut String, t: &Table) {
+/// The difference and savings sections of the HTML page.
+fn stats_html(b: &mut String, st: &ExperimentStats, t: &Table) {
+    let Some(base) = &st.baseline else {
+        for n in &st.notes {
+            w!(b, "<p class=\"caption\">{}</p>\n", escape_html(n));
+        }
+        return;
+    };
+    let others: Vec<&String> = t.strategies.iter().filter(|s| *s != base).collect();
+    if !others.is_empty() {
+        w!(b, "<section id=\"difference\">\n<h2>Difference to {}</h2>\n", escape_html(base));
+        w!(
+            b,
+            "<p class=\"caption\">Win rate minus {}'s at the same label count, percentage points [{:.0}% \
+             interval]; * unpaired (the runs evaluated different prompts).</p>\n",
+            escape_html(base),
+            st.level * 100.0
+        );
+        b.push_str("<div class=\"scroll\"><table>\n<thead><tr><th>strategy / labels</th>");
+        for l in &t.labels {
+            w!(b, "<th>{l}</th>");
+        }
+        b.push_str("</tr></thead>\n<tbody>\n");
+        for s in &others {
+            w!(b, "<tr><td>{}</td>", escape_html(s));
+            for &l in &t.labels {
+                match st.cells.iter().find(|c| &c.strategy == *s && c.labels == l).and_then(|c| c.diff.as_ref()) {
+                    Some(d) => w!(b, "<td>{}</td>", escape_html(&diff_text(d))),
+                    None => b.push_str("<td class=\"na\">—</td>"),
+                }
+            }
+            b.push_str("</tr>\n");
+        }
+        b.push_str("</tbody>\n</table></div>\n</section>\n");
+    }
+    if let Some(s0) = st.savings.first() {
+        b.push_str("<section id=\"savings\">\n<h2>Label savings</h2>\n");
+        w!(
+            b,
+            "<p class=\"caption\">Labels each strategy needs to reach {}'s final win rate ({:.1}% at {} labels), \
+             interpolated on its curve, as a share of {}'s [{:.0}% interval]; censored (&gt; N) when it never \
+             reaches it.</p>\n",
+            escape_html(base),
+            s0.target * 100.0,
+            s0.baseline_labels,
+            escape_html(base),
+            st.level * 100.0
+        );
+        w!(
+            b,
+            "<div class=\"scroll\"><table>\n<thead><tr><th>strategy</th><th>labels needed</th><th>share of {}'s</th>\
+             </tr></thead>\n<tbody>\n",
+            escape_html(base)
+        );
+        for s in &st.savings {
+            let (n, sh) = savings_text(s);
+            w!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                escape_html(&s.strategy),
+                escape_html(&n),
+                escape_html(&sh)
+            );
+        }
+        b.push_str("</tbody>\n</table></div>\n</section>\n");
+    }
+    for n in &st.notes {
+        w!(b, "<p class=\"caption\">{}</p>\n", escape_html(n));
+    }
+}
+
+fn plot_section(b: &mut String, t: &Table, intervals: bool) {
     b.push_str("<section id=\"plot\">\n<h2>Win rate vs labels</h2>\n");
-    b.push_str(
-        "<p class=\"caption\">Mean across seeds with ± 1 standard error; strategies are nudged sideways so \
-                their error bars do not hide each other.</p>\n",
+    w!(
+        b,
+        "<p class=\"caption\">Mean across seeds with {}; strategies are nudged sideways so their error bars do not \
+         hide each other.</p>\n",
+        if intervals { "its bootstrap interval" } else { "± 1 standard error" }
     );
     if t.stats.iter().flatten().all(Option::is_none) {
         b.push_str("<p class=\"empty\">No finite results to plot.</p>\n</section>\n");
@@ -227,9 +433,9 @@ fn plot_section(b: &mut String, t: &Table) {
     }
     let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
     for st in t.stats.iter().flatten().flatten() {
-        let se = st.se.unwrap_or(0.0);
-        lo = lo.min(st.mean - se);
-        hi = hi.max(st.mean + se);
+        let (l, h) = st.bar().unwrap_or((st.mean, st.mean));
+        lo = lo.min(l.min(st.mean));
+        hi = hi.max(h.max(st.mean));
     }
     let (x_lo, x_hi) = (*t.labels.first().unwrap_or(&0) as f64, *t.labels.last().unwrap_or(&1) as f64);
     // Few budgets: tick exactly at them (as the paper's figures do); many: round-number ticks.
@@ -268,8 +474,8 @@ fn plot_section(b: &mut String, t: &Table) {
             );
         }
         for (x, st) in &pts {
-            if let Some(se) = st.se {
-                f.error_bar(&mut s, *x, dx, (st.mean - se).max(f.y.lo), (st.mean + se).min(f.y.hi), &colour, 8.0);
+            if let Some((l, h)) = st.bar() {
+                f.error_bar(&mut s, *x, dx, l.max(f.y.lo), h.min(f.y.hi), &colour, 8.0);
             }
         }
         for (x, st) in &pts {

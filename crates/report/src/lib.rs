@@ -145,6 +145,97 @@ pub struct ExperimentReport {
     pub subtitle: String,
     pub cells: Vec<Cell>,
     pub notes: Vec<String>,
+    /// Bootstrap intervals, differences to the baseline strategy and label savings (`apl::stats`); when present
+    /// the table shows "mean [lo, hi]" from these instead of ± s.e. across seeds.
+    pub stats: Option<ExperimentStats>,
+}
+
+/// The statistics of an experiment: per strategy and label count the mean win rate with a percentile-bootstrap
+/// interval, the difference to the baseline strategy (`random`) with its interval, and the labels each strategy
+/// needs to reach the baseline's final win rate. The bootstrap resamples seeds and prompts as a crossed design
+/// (one prompt resample shared by every seed and strategy of a replicate, which pairs the differences).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct ExperimentStats {
+    /// Bootstrap replicates behind every interval.
+    pub replicates: usize,
+    /// Coverage of the intervals (0.95).
+    pub level: f64,
+    /// Distinct seeds found across all strategies.
+    pub seeds: usize,
+    /// Fewer than two seeds: the intervals resample prompts only, so they say nothing of seed-to-seed variation.
+    pub prompts_only: bool,
+    /// The strategy differences and savings are measured against; `None` when the experiment has none.
+    pub baseline: Option<String>,
+    pub cells: Vec<CellStats>,
+    pub savings: Vec<Savings>,
+    /// Facts about how the intervals were made (unpaired fallbacks, missing baseline), one line each.
+    pub notes: Vec<String>,
+}
+
+/// A mean (a fraction) with its interval.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct Interval {
+    pub mean: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// One strategy at one label count.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct CellStats {
+    pub strategy: String,
+    pub labels: usize,
+    /// Seeds with outcomes in this cell.
+    pub seeds: usize,
+    /// Distinct prompts evaluated in this cell (over its seeds).
+    pub prompts: usize,
+    /// Win rate against the starting model: mean over seeds of the mean over prompts.
+    pub win_rate: Interval,
+    /// Win rate minus the baseline's at the same label count; `None` for the baseline itself or where the
+    /// baseline has no result at this label count.
+    pub diff: Option<Difference>,
+}
+
+/// A strategy's win rate minus the baseline's, with its interval.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct Difference {
+    pub mean: f64,
+    pub lo: f64,
+    pub hi: f64,
+    /// Paired per seed and prompt (both evaluated the same prompts); `false`: the runs evaluated different
+    /// prompts, so the two means were resampled independently.
+    pub paired: bool,
+    /// Prompts the pairing used (shared by both strategies, over the shared seeds); 0 when unpaired.
+    pub paired_prompts: usize,
+}
+
+/// The label-savings figure: the labels a strategy needs to reach the baseline's final win rate (linearly
+/// interpolated on its curve of mean win rate vs labels), as a share of the baseline's final label count.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(default)]
+pub struct Savings {
+    pub strategy: String,
+    /// The baseline's mean win rate at its largest label count.
+    pub target: f64,
+    /// The baseline's largest label count.
+    pub baseline_labels: usize,
+    /// This strategy's largest label count (the N of a censored "> N").
+    pub max_labels: usize,
+    /// Labels needed to reach `target`; `None` when censored.
+    pub labels_needed: Option<f64>,
+    /// `labels_needed / baseline_labels`; `None` when censored.
+    pub share: Option<f64>,
+    /// Interval of the share; a bound is `None` where that quantile of the replicates never reached the target.
+    pub share_lo: Option<f64>,
+    pub share_hi: Option<f64>,
+    /// The strategy's curve never reaches the target: it needs more than `max_labels` labels.
+    pub censored: bool,
+    /// Fraction of bootstrap replicates in which the strategy never reached the replicate's target.
+    pub censored_replicates: f64,
 }
 
 /// The win rates of one strategy at one label budget, one value (a fraction 0..1) per seed. Cells with the same
