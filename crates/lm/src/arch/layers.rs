@@ -7,11 +7,8 @@
 //! drop gradients). When nothing tracks gradients (sampling, scoring, evaluation) they run candle-nn's
 //! fused kernels, so inference is exactly what it was. Tests check that every path gives the same numbers.
 
+use crate::kernels::to_candle;
 use candle_core::{DType, Device, Module, Result, Tensor};
-
-fn to_candle(e: anyhow::Error) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{e:#}"))
-}
 
 /// Whether an op over these tensors must use the differentiable primitives: some input is in a graph,
 /// or the dtype is one candle's fused kernels lack (f64, used by the gradient checks).

@@ -12,9 +12,9 @@
 //! The CPU path (f32 and f64) calls `gemm` directly on the tensors' buffers; other devices and dtypes take
 //! [`reference`], the composition of candle ops, which the tests hold the fused path to.
 
-use super::Float;
+use super::{slice as cpu_slice, to_candle, with_slice, Float};
 use anyhow::{bail, Result};
-use candle_core::{CpuStorage, DType, Layout, Shape, Storage, Tensor, D};
+use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Per-row results, each `(N,)`.
@@ -97,24 +97,6 @@ struct FusedHead {
     targets: Vec<u32>,
     softcap: Option<f64>,
     weight: Option<Tensor>,
-}
-
-/// The contiguous elements of a CPU tensor, passed to `f`.
-fn with_slice<T: Float, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
-    let (s, l) = t.storage_and_layout();
-    let (Storage::Cpu(s), Some((a, b))) = (&*s, l.contiguous_offsets()) else {
-        bail!("fused head: expected a contiguous CPU tensor")
-    };
-    f(&s.as_slice::<T>()?[a..b])
-}
-
-fn cpu_slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("fused head: input is not contiguous") };
-    Ok(&s.as_slice::<T>()?[a..b])
-}
-
-fn to_candle(e: anyhow::Error) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{e:#}"))
 }
 
 /// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, each operand given by its row and column strides.

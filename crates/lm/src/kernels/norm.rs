@@ -11,7 +11,7 @@
 //!   `db = Σ_rows g`;
 //! - softmax: `dx = y (g − Σ g y)`.
 
-use super::Float;
+use super::{host, slice, with_slice, Float};
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
@@ -51,16 +51,6 @@ pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
 fn rows_of(l: &Layout) -> candle_core::Result<(usize, usize)> {
     let d = *l.shape().dims().last().unwrap_or(&1);
     Ok((l.shape().elem_count() / d.max(1), d))
-}
-
-fn slice<'a, T: Float>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("fused norm: input is not contiguous") };
-    Ok(&s.as_slice::<T>()?[a..b])
-}
-
-/// The rows of a CPU tensor, contiguous, as a vector (backward inputs are small next to the matmuls).
-fn host<T: Float>(t: &Tensor) -> candle_core::Result<Vec<T>> {
-    t.flatten_all()?.to_vec1::<T>()
 }
 
 #[derive(Clone, Copy)]
@@ -306,6 +296,15 @@ fn softmax_bwd<T: Float>(y: &[T], g: &[T], d: usize) -> Vec<T> {
     dx
 }
 
+/// The input's gradient of a softmax (plain or masked) from its output `y` and the output's gradient `g`.
+fn softmax_grad(y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    let d = y.dim(D::Minus1)?;
+    match y.dtype() {
+        DType::F32 => Tensor::from_vec(softmax_bwd(&host::<f32>(y)?, &host(g)?, d), y.shape(), y.device()),
+        _ => Tensor::from_vec(softmax_bwd(&host::<f64>(y)?, &host(g)?, d), y.shape(), y.device()),
+    }
+}
+
 impl candle_core::CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
         "fused-softmax"
@@ -322,12 +321,7 @@ impl candle_core::CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let d = y.dim(D::Minus1)?;
-        let dx = match y.dtype() {
-            DType::F32 => Tensor::from_vec(softmax_bwd(&host::<f32>(y)?, &host(g)?, d), y.shape(), y.device())?,
-            _ => Tensor::from_vec(softmax_bwd(&host::<f64>(y)?, &host(g)?, d), y.shape(), y.device())?,
-        };
-        Ok(Some(dx))
+        softmax_grad(y, g).map(Some)
     }
 }
 
@@ -386,23 +380,19 @@ impl candle_core::CustomOp1 for MaskedSoftmax {
         let (_, g, q, s) = l.shape().dims4()?;
         let dims = (g * q, q, self.t, s);
         let y = match st {
-            CpuStorage::F32(_) => {
-                f32::to_cpu_storage_owned(masked_softmax_rows(slice::<f32>(st, l)?, &host(&self.mask)?, dims))
-            }
-            CpuStorage::F64(_) => {
-                f64::to_cpu_storage_owned(masked_softmax_rows(slice::<f64>(st, l)?, &host(&self.mask)?, dims))
-            }
+            CpuStorage::F32(_) => with_slice::<f32, _>(&self.mask, |m| {
+                Ok(f32::to_cpu_storage_owned(masked_softmax_rows(slice::<f32>(st, l)?, m, dims)))
+            }),
+            CpuStorage::F64(_) => with_slice::<f64, _>(&self.mask, |m| {
+                Ok(f64::to_cpu_storage_owned(masked_softmax_rows(slice::<f64>(st, l)?, m, dims)))
+            }),
             _ => candle_core::bail!("masked softmax: f32 or f64 only"),
-        };
+        }
+        .map_err(super::to_candle)?;
         Ok((y, l.shape().clone()))
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let d = y.dim(D::Minus1)?;
-        let dx = match y.dtype() {
-            DType::F32 => Tensor::from_vec(softmax_bwd(&host::<f32>(y)?, &host(g)?, d), y.shape(), y.device())?,
-            _ => Tensor::from_vec(softmax_bwd(&host::<f64>(y)?, &host(g)?, d), y.shape(), y.device())?,
-        };
-        Ok(Some(dx))
+        softmax_grad(y, g).map(Some)
     }
 }

@@ -9,7 +9,7 @@
 //! `dx_{i+h} = g_{i+h} c_{i+h} − g_i s_i`. The products and sums are the same as the composition's, so
 //! the numbers are too.
 
-use super::Float;
+use super::{host, to_candle, with_slice, Float};
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
@@ -53,6 +53,13 @@ struct Rope {
     sin: Tensor,
 }
 
+impl Rope {
+    /// The cos and sin tables' elements, passed to `f`.
+    fn tables<T: Float, R>(&self, f: impl FnOnce(&[T], &[T]) -> anyhow::Result<R>) -> anyhow::Result<R> {
+        with_slice::<T, _>(&self.cos, |c| with_slice::<T, _>(&self.sin, |s| f(c, s)))
+    }
+}
+
 /// Rotates every head row of `x`, or (`backward`) applies the transposed rotation to a gradient.
 fn rotate<T: Float>(
     x: &[T],
@@ -94,10 +101,6 @@ fn dims(x: &[usize], cos: &Tensor) -> candle_core::Result<(usize, usize, usize, 
     Ok((*b, *h, *t, *hd, rot))
 }
 
-fn host<T: Float>(t: &Tensor) -> candle_core::Result<Vec<T>> {
-    t.flatten_all()?.to_vec1::<T>()
-}
-
 impl candle_core::CustomOp1 for Rope {
     fn name(&self) -> &'static str {
         "fused-rope"
@@ -106,27 +109,33 @@ impl candle_core::CustomOp1 for Rope {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let dm = dims(l.shape().dims(), &self.cos)?;
         let Some((a, z)) = l.contiguous_offsets() else { candle_core::bail!("rope: input is not contiguous") };
+        // The tables are read where they lie: this runs twice per layer.
         let y = match s {
             CpuStorage::F32(x) => {
-                f32::to_cpu_storage_owned(rotate(&x[a..z], &host(&self.cos)?, &host(&self.sin)?, dm, false))
+                self.tables::<f32, _>(|c, sn| Ok(f32::to_cpu_storage_owned(rotate(&x[a..z], c, sn, dm, false))))
             }
             CpuStorage::F64(x) => {
-                f64::to_cpu_storage_owned(rotate(&x[a..z], &host(&self.cos)?, &host(&self.sin)?, dm, false))
+                self.tables::<f64, _>(|c, sn| Ok(f64::to_cpu_storage_owned(rotate(&x[a..z], c, sn, dm, false))))
             }
             _ => candle_core::bail!("rope: f32 or f64 only"),
-        };
+        }
+        .map_err(to_candle)?;
         Ok((y, l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let dm = dims(x.dims(), &self.cos)?;
         let dx = match x.dtype() {
-            DType::F32 => rotate(&host::<f32>(g)?, &host(&self.cos)?, &host(&self.sin)?, dm, true),
-            _ => {
-                let dx = rotate(&host::<f64>(g)?, &host(&self.cos)?, &host(&self.sin)?, dm, true);
-                return Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?));
+            DType::F32 => {
+                let g = host::<f32>(g)?;
+                self.tables::<f32, _>(|c, s| Ok(Tensor::from_vec(rotate(&g, c, s, dm, true), x.shape(), x.device())?))
             }
-        };
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+            _ => {
+                let g = host::<f64>(g)?;
+                self.tables::<f64, _>(|c, s| Ok(Tensor::from_vec(rotate(&g, c, s, dm, true), x.shape(), x.device())?))
+            }
+        }
+        .map_err(to_candle)?;
+        Ok(Some(dx))
     }
 }
