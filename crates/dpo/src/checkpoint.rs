@@ -6,6 +6,7 @@
 //! together, apart from the training loop that only decides when to save.
 
 use crate::config::LoraConfig;
+use crate::optim::Optimizer;
 use crate::train::Trainer;
 use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::{Tensor, Var};
@@ -18,62 +19,25 @@ impl Trainer {
     /// Trainable tensors, optimizer state and trainer state; for full fine-tuning also a loadable HF model.
     pub fn save_checkpoint(&self) -> Result<()> {
         write_checkpoint(&self.out, self.step, |tmp| {
-            candle_core::safetensors::save(&self.trainable_tensors(), tmp.join("trainable.safetensors"))?;
-            let opt: HashMap<String, Tensor> = self.opt.state()?.into_iter().collect();
-            candle_core::safetensors::save(&opt, tmp.join("optimizer.safetensors"))?;
             let state = json!({"step": self.step, "total_steps": self.total_steps(), "optimizer_t": self.opt.t,
                 "config": self.cfg, "trainable": self.trainable_names()});
-            std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
+            save_run_state(tmp, &self.policy, &self.vars, &self.opt, self.cfg.lora.as_ref(), &state)?;
             if let Some(r) = &self.ref_train {
                 std::fs::write(tmp.join("ref_logps.json"), serde_json::to_string(r)?)?;
-            }
-            if self.cfg.lora.is_some() {
-                self.save_adapter(tmp)?;
-            } else {
-                self.policy.save(tmp)?;
             }
             Ok(())
         })
     }
 
-    /// PEFT-style adapter files: `adapter_model.safetensors` and `adapter_config.json`.
-    fn save_adapter(&self, dir: &Path) -> Result<()> {
-        save_adapter(dir, &self.policy, &self.vars, self.cfg.lora.as_ref().unwrap())
-    }
-
     /// The trained model as an HF directory in `final/` (adapters merged), loadable by `generate`.
     pub fn save_final(&self) -> Result<()> {
-        let dir = self.out.join("final");
-        let merged = self.policy.with_params(self.policy.merged_params()?)?;
-        merged.save(&dir)?;
-        if self.cfg.lora.is_some() {
-            self.save_adapter(&dir)?;
-        }
-        Ok(())
+        save_final_model(&self.out, &self.policy, &self.vars, self.cfg.lora.as_ref())
     }
 
     /// Continues from a checkpoint written by [`Trainer::save_checkpoint`].
     pub fn resume(&mut self, ckpt: &Path) -> Result<()> {
-        let state_path = ckpt.join("trainer_state.json");
-        let state: Value = serde_json::from_str(
-            &std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
-        )
-        .with_context(|| format!("{}: not valid JSON", state_path.display()))?;
-        let step = state["step"].as_u64().ok_or_else(|| anyhow!("{}: `step` is missing", state_path.display()))?;
-        let t_path = ckpt.join("trainable.safetensors");
-        let t = candle_core::safetensors::load(&t_path, self.policy.device())
-            .map_err(|e| anyhow!("{}: {e}", t_path.display()))?;
-        for (name, v) in &self.vars {
-            let x = t.get(name).ok_or_else(|| anyhow!("{}: tensor `{name}` is missing", t_path.display()))?;
-            if x.dims() != v.dims() {
-                bail!("{}: tensor `{name}` has shape {:?}, the run has {:?}", t_path.display(), x.dims(), v.dims());
-            }
-            v.set(&x.to_dtype(v.dtype())?)?;
-        }
-        let o_path = ckpt.join("optimizer.safetensors");
-        let o = candle_core::safetensors::load(&o_path, self.policy.device())
-            .map_err(|e| anyhow!("{}: {e}", o_path.display()))?;
-        self.opt.load_state(state["optimizer_t"].as_u64().unwrap_or(step), &o)?;
+        let (state, step) = read_trainer_state(ckpt)?;
+        load_run_state(ckpt, self.policy.device(), &self.vars, &mut self.opt, &state, step)?;
         // The checkpoint's reference log-probs must match this run's: otherwise the data, its order or the
         // model changed since, and continuing would silently train on something else.
         let r_path = ckpt.join("ref_logps.json");
@@ -117,6 +81,78 @@ pub(crate) fn write_checkpoint(out: &Path, step: u64, fill: impl FnOnce(&Path) -
     sync_files_and_dir(&tmp)?;
     std::fs::rename(&tmp, &dir).with_context(|| format!("moving the checkpoint to {}", dir.display()))?;
     sync_files_and_dir(out)?;
+    Ok(())
+}
+
+/// What both trainers put in every checkpoint: the trainable tensors, the optimizer's state, `state` as
+/// `trainer_state.json`, and a PEFT adapter (LoRA) or a loadable HF model (full fine-tuning).
+pub(crate) fn save_run_state(
+    dir: &Path,
+    policy: &LanguageModel,
+    vars: &[(String, Var)],
+    opt: &Optimizer,
+    lora: Option<&LoraConfig>,
+    state: &Value,
+) -> Result<()> {
+    let trainable: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
+    candle_core::safetensors::save(&trainable, dir.join("trainable.safetensors"))?;
+    let o: HashMap<String, Tensor> = opt.state()?.into_iter().collect();
+    candle_core::safetensors::save(&o, dir.join("optimizer.safetensors"))?;
+    std::fs::write(dir.join("trainer_state.json"), serde_json::to_string_pretty(state)?)?;
+    match lora {
+        Some(l) => save_adapter(dir, policy, vars, l),
+        None => policy.save(dir),
+    }
+}
+
+/// A checkpoint's `trainer_state.json` and its step.
+pub(crate) fn read_trainer_state(ckpt: &Path) -> Result<(Value, u64)> {
+    let state_path = ckpt.join("trainer_state.json");
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
+    )
+    .with_context(|| format!("{}: not valid JSON", state_path.display()))?;
+    let step = state["step"].as_u64().ok_or_else(|| anyhow!("{}: `step` is missing", state_path.display()))?;
+    Ok((state, step))
+}
+
+/// Restores what [`save_run_state`] wrote: every trainable tensor (checked by name and shape) and the
+/// optimizer's state at the step `state` records.
+pub(crate) fn load_run_state(
+    ckpt: &Path,
+    device: &candle_core::Device,
+    vars: &[(String, Var)],
+    opt: &mut Optimizer,
+    state: &Value,
+    step: u64,
+) -> Result<()> {
+    let t_path = ckpt.join("trainable.safetensors");
+    let t = candle_core::safetensors::load(&t_path, device).map_err(|e| anyhow!("{}: {e}", t_path.display()))?;
+    for (name, v) in vars {
+        let x = t.get(name).ok_or_else(|| anyhow!("{}: tensor `{name}` is missing", t_path.display()))?;
+        if x.dims() != v.dims() {
+            bail!("{}: tensor `{name}` has shape {:?}, the run has {:?}", t_path.display(), x.dims(), v.dims());
+        }
+        v.set(&x.to_dtype(v.dtype())?)?;
+    }
+    let o_path = ckpt.join("optimizer.safetensors");
+    let o = candle_core::safetensors::load(&o_path, device).map_err(|e| anyhow!("{}: {e}", o_path.display()))?;
+    opt.load_state(state["optimizer_t"].as_u64().unwrap_or(step), &o)
+}
+
+/// The trained model as an HF directory in `out/final` (adapters merged), loadable by `generate`, with the
+/// PEFT adapter beside it for LoRA.
+pub(crate) fn save_final_model(
+    out: &Path,
+    policy: &LanguageModel,
+    vars: &[(String, Var)],
+    lora: Option<&LoraConfig>,
+) -> Result<()> {
+    let dir = out.join("final");
+    policy.with_params(policy.merged_params()?)?.save(&dir)?;
+    if let Some(l) = lora {
+        save_adapter(&dir, policy, vars, l)?;
+    }
     Ok(())
 }
 

@@ -386,16 +386,11 @@ impl Trainer {
                 m.insert("grad_norm".into(), json!(grad_norms.iter().sum::<f64>() / grad_norms.len() as f64));
                 grad_norms.clear();
                 m.insert("learning_rate".into(), json!(lr));
-                m.insert("epoch".into(), json!(self.step as f64 / per_epoch));
-                m.insert("step".into(), json!(self.step));
-                writeln!(metrics, "{}", Value::Object(m))?;
+                log_metrics(&mut metrics, m, self.step, per_epoch)?;
             }
             let epoch_end = (self.step as f64 / per_epoch).fract() < 1e-9;
             if !self.eval.is_empty() && (epoch_end || last) {
-                let mut m = self.evaluate()?;
-                m.insert("epoch".into(), json!(self.step as f64 / per_epoch));
-                m.insert("step".into(), json!(self.step));
-                writeln!(metrics, "{}", Value::Object(m))?;
+                log_metrics(&mut metrics, self.evaluate()?, self.step, per_epoch)?;
             }
             if self.cfg.save_steps.is_some_and(|s| self.step.is_multiple_of(s)) || last {
                 self.save_checkpoint()?;
@@ -422,6 +417,15 @@ impl Trainer {
         self.reference = Some(r.with_params(p)?);
         Ok(())
     }
+}
+
+/// Writes one line of `metrics.jsonl`: `m` with the step and the epoch it reached (`per_epoch` steps an
+/// epoch), as TRL logs them. Shared by the DPO and KTO trainers.
+pub(crate) fn log_metrics(out: &mut impl Write, mut m: Map<String, Value>, step: u64, per_epoch: f64) -> Result<()> {
+    m.insert("epoch".into(), json!(step as f64 / per_epoch));
+    m.insert("step".into(), json!(step));
+    writeln!(out, "{}", Value::Object(m))?;
+    Ok(())
 }
 
 /// A stopwatch that adds each lap to a named phase.

@@ -21,17 +21,19 @@
 
 use super::data::UnpairedTokens;
 use super::loss::{batch_metrics, kl_partners, kto_loss, KtoLogps, KtoLossType, KtoWindow};
-use crate::checkpoint::{keep_metrics_through, latest_checkpoint, save_adapter, write_checkpoint};
+use crate::checkpoint::{
+    keep_metrics_through, latest_checkpoint, load_run_state, read_trainer_state, save_final_model, save_run_state,
+    write_checkpoint,
+};
 use crate::config::{KtoConfig, TrainConfig, Truncation};
 use crate::optim::{clip_coef, grad_norm, learning_rate, Optimizer};
-use crate::train::{schedule, StepInfo};
+use crate::train::{log_metrics, schedule, StepInfo};
 use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::{DType, Tensor, Var};
 use lm::score::completion_logprobs;
 use lm::LanguageModel;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 type Item = (Vec<u32>, Vec<u32>);
@@ -373,16 +375,11 @@ impl KtoTrainer {
                 m.insert("grad_norm".into(), json!(grad_norms.iter().sum::<f64>() / grad_norms.len() as f64));
                 grad_norms.clear();
                 m.insert("learning_rate".into(), json!(lr));
-                m.insert("epoch".into(), json!(self.step as f64 / per_epoch));
-                m.insert("step".into(), json!(self.step));
-                writeln!(metrics, "{}", Value::Object(m))?;
+                log_metrics(&mut metrics, m, self.step, per_epoch)?;
             }
             let epoch_end = (self.step as f64 / per_epoch).fract() < 1e-9;
             if !self.eval.is_empty() && (epoch_end || last) {
-                let mut m = self.evaluate()?;
-                m.insert("epoch".into(), json!(self.step as f64 / per_epoch));
-                m.insert("step".into(), json!(self.step));
-                writeln!(metrics, "{}", Value::Object(m))?;
+                log_metrics(&mut metrics, self.evaluate()?, self.step, per_epoch)?;
             }
             if self.cfg.save_steps.is_some_and(|s| self.step.is_multiple_of(s)) || last {
                 self.save_checkpoint()?;
@@ -398,62 +395,32 @@ impl KtoTrainer {
     /// with `"trainer": "kto"`, the rows' cached reference log-probs, and a loadable model or PEFT adapter).
     pub fn save_checkpoint(&self) -> Result<()> {
         write_checkpoint(&self.out, self.step, |tmp| {
-            candle_core::safetensors::save(&self.trainable_tensors(), tmp.join("trainable.safetensors"))?;
-            let opt: HashMap<String, Tensor> = self.opt.state()?.into_iter().collect();
-            candle_core::safetensors::save(&opt, tmp.join("optimizer.safetensors"))?;
             let state = json!({"trainer": "kto", "step": self.step, "total_steps": self.total_steps(),
                 "optimizer_t": self.opt.t, "config": self.cfg, "trainable": self.trainable_names()});
-            std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(&state)?)?;
+            save_run_state(tmp, &self.policy, &self.vars, &self.opt, self.cfg.lora.as_ref(), &state)?;
             if let Some(r) = &self.ref_train {
                 std::fs::write(tmp.join("ref_logps.json"), serde_json::to_string(&r.rows)?)?;
             }
-            match &self.cfg.lora {
-                Some(l) => save_adapter(tmp, &self.policy, &self.vars, l),
-                None => self.policy.save(tmp),
-            }
+            Ok(())
         })
     }
 
     /// The trained model as an HF directory in `final/` (adapters merged), loadable by `generate`.
     pub fn save_final(&self) -> Result<()> {
-        let dir = self.out.join("final");
-        let merged = self.policy.with_params(self.policy.merged_params()?)?;
-        merged.save(&dir)?;
-        if let Some(l) = &self.cfg.lora {
-            save_adapter(&dir, &self.policy, &self.vars, l)?;
-        }
-        Ok(())
+        save_final_model(&self.out, &self.policy, &self.vars, self.cfg.lora.as_ref())
     }
 
     /// Continues from a checkpoint written by [`KtoTrainer::save_checkpoint`]; a DPO checkpoint, or one made with
     /// other training data or another model, is refused.
     pub fn resume(&mut self, ckpt: &Path) -> Result<()> {
-        let state_path = ckpt.join("trainer_state.json");
-        let state: Value = serde_json::from_str(
-            &std::fs::read_to_string(&state_path).with_context(|| format!("reading {}", state_path.display()))?,
-        )
-        .with_context(|| format!("{}: not valid JSON", state_path.display()))?;
+        let (state, step) = read_trainer_state(ckpt)?;
         if state["trainer"] != "kto" {
             bail!(
                 "{}: a DPO checkpoint; resume it with a DPO loss_type, or start this KTO run elsewhere",
                 ckpt.display()
             );
         }
-        let step = state["step"].as_u64().ok_or_else(|| anyhow!("{}: `step` is missing", state_path.display()))?;
-        let t_path = ckpt.join("trainable.safetensors");
-        let t = candle_core::safetensors::load(&t_path, self.policy.device())
-            .map_err(|e| anyhow!("{}: {e}", t_path.display()))?;
-        for (name, v) in &self.vars {
-            let x = t.get(name).ok_or_else(|| anyhow!("{}: tensor `{name}` is missing", t_path.display()))?;
-            if x.dims() != v.dims() {
-                bail!("{}: tensor `{name}` has shape {:?}, the run has {:?}", t_path.display(), x.dims(), v.dims());
-            }
-            v.set(&x.to_dtype(v.dtype())?)?;
-        }
-        let o_path = ckpt.join("optimizer.safetensors");
-        let o = candle_core::safetensors::load(&o_path, self.policy.device())
-            .map_err(|e| anyhow!("{}: {e}", o_path.display()))?;
-        self.opt.load_state(state["optimizer_t"].as_u64().unwrap_or(step), &o)?;
+        load_run_state(ckpt, self.policy.device(), &self.vars, &mut self.opt, &state, step)?;
         let r_path = ckpt.join("ref_logps.json");
         if let (Ok(text), Some(now)) = (std::fs::read_to_string(&r_path), &self.ref_train) {
             let then: Vec<f32> =
