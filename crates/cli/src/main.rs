@@ -263,6 +263,19 @@ pub fn spinner(msg: &str) -> ProgressBar {
     pb
 }
 
+/// Runs a trainer's setup with one progress bar for the stage it reports (the reference log-probs), cleared
+/// when the setup returns.
+fn with_setup_bar<T>(setup: impl FnOnce(&mut dyn FnMut(&str, usize, usize)) -> Result<T>) -> Result<T> {
+    let mut pb: Option<ProgressBar> = None;
+    let r = setup(&mut |what, done, total| {
+        pb.get_or_insert_with(|| bar(total, what)).set_position(done as u64);
+    });
+    if let Some(b) = pb {
+        b.finish_and_clear();
+    }
+    r
+}
+
 pub fn bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
@@ -382,15 +395,7 @@ fn run_kto(a: DpoArgs, cfg: dpo::TrainConfig) -> Result<()> {
     if let Some(w) = dpo::kto::loss::weight_advice(good, bad, k.desirable_weight, k.undesirable_weight) {
         eprintln!("warning: {w}");
     }
-    let pb = std::cell::RefCell::new(None::<ProgressBar>);
-    let mut t = dpo::KtoTrainer::new(cfg, model, train, eval, &a.out, |what, done, total| {
-        let mut pb = pb.borrow_mut();
-        let bar = pb.get_or_insert_with(|| bar(total, what));
-        bar.set_position(done as u64);
-    })?;
-    if let Some(b) = pb.borrow_mut().take() {
-        b.finish_and_clear();
-    }
+    let mut t = with_setup_bar(|p| dpo::KtoTrainer::new(cfg, model, train, eval, &a.out, p))?;
     if let Some(r) = &a.resume {
         let ckpt = dpo::find_checkpoint(&a.out, r.as_deref())?;
         t.resume(&ckpt)?;
@@ -476,15 +481,7 @@ fn run_dpo(a: DpoArgs) -> Result<()> {
         None => vec![],
     };
     eprintln!("{} training pairs, {} eval pairs", train.len(), eval.len());
-    let pb = std::cell::RefCell::new(None::<ProgressBar>);
-    let mut t = Trainer::new(cfg, model, train, eval, &a.out, |what, done, total| {
-        let mut pb = pb.borrow_mut();
-        let bar = pb.get_or_insert_with(|| bar(total, what));
-        bar.set_position(done as u64);
-    })?;
-    if let Some(b) = pb.borrow_mut().take() {
-        b.finish_and_clear();
-    }
+    let mut t = with_setup_bar(|p| Trainer::new(cfg, model, train, eval, &a.out, p))?;
     if let Some(r) = &a.resume {
         let ckpt = find_checkpoint(&a.out, r.as_deref())?;
         t.resume(&ckpt)?;
