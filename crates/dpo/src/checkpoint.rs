@@ -40,19 +40,8 @@ impl Trainer {
         load_run_state(ckpt, self.policy.device(), &self.vars, &mut self.opt, &state, step)?;
         // The checkpoint's reference log-probs must match this run's: otherwise the data, its order or the
         // model changed since, and continuing would silently train on something else.
-        let r_path = ckpt.join("ref_logps.json");
-        if let (Ok(text), Some(now)) = (std::fs::read_to_string(&r_path), &self.ref_train) {
-            let then: Vec<(f32, f32)> =
-                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", r_path.display()))?;
-            let same = then.len() == now.len()
-                && then.iter().zip(now).all(|(a, b)| (a.0 - b.0).abs() < 1e-3 && (a.1 - b.1).abs() < 1e-3);
-            if !same {
-                bail!(
-                    "{}: the checkpoint was made with other training data or another model \
-                     (its cached reference log-probs differ from this run's)",
-                    ckpt.display()
-                );
-            }
+        if let Some(now) = &self.ref_train {
+            check_ref_logps(ckpt, now, |a: &(f32, f32), b| (a.0 - b.0).abs() < 1e-3 && (a.1 - b.1).abs() < 1e-3)?;
         }
         self.step = step;
         keep_metrics_through(&self.out, step)
@@ -94,8 +83,7 @@ pub(crate) fn save_run_state(
     lora: Option<&LoraConfig>,
     state: &Value,
 ) -> Result<()> {
-    let trainable: HashMap<String, Tensor> = vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect();
-    candle_core::safetensors::save(&trainable, dir.join("trainable.safetensors"))?;
+    candle_core::safetensors::save(&vars_tensors(vars), dir.join("trainable.safetensors"))?;
     let o: HashMap<String, Tensor> = opt.state()?.into_iter().collect();
     candle_core::safetensors::save(&o, dir.join("optimizer.safetensors"))?;
     std::fs::write(dir.join("trainer_state.json"), serde_json::to_string_pretty(state)?)?;
@@ -138,6 +126,44 @@ pub(crate) fn load_run_state(
     let o_path = ckpt.join("optimizer.safetensors");
     let o = candle_core::safetensors::load(&o_path, device).map_err(|e| anyhow!("{}: {e}", o_path.display()))?;
     opt.load_state(state["optimizer_t"].as_u64().unwrap_or(step), &o)
+}
+
+/// Refuses a checkpoint whose cached reference log-probs (`ref_logps.json`, if it has one) differ from this
+/// run's `now`: the data, its order or the model changed since, and continuing would silently train on
+/// something else.
+pub(crate) fn check_ref_logps<T: serde::de::DeserializeOwned>(
+    ckpt: &Path,
+    now: &[T],
+    close: impl Fn(&T, &T) -> bool,
+) -> Result<()> {
+    let r_path = ckpt.join("ref_logps.json");
+    let Ok(text) = std::fs::read_to_string(&r_path) else { return Ok(()) };
+    let then: Vec<T> = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", r_path.display()))?;
+    if then.len() != now.len() || !then.iter().zip(now).all(|(a, b)| close(a, b)) {
+        bail!(
+            "{}: the checkpoint was made with other training data or another model \
+             (its cached reference log-probs differ from this run's)",
+            ckpt.display()
+        );
+    }
+    Ok(())
+}
+
+/// Every trainable tensor as it is now, detached, by name.
+pub(crate) fn vars_tensors(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
+    vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+}
+
+/// Overwrites every trainable tensor from `tensors`; each must be there, with its shape.
+pub(crate) fn set_vars(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>) -> Result<()> {
+    for (name, v) in vars {
+        let x = tensors.get(name).ok_or_else(|| anyhow!("trainable tensor `{name}` is missing"))?;
+        if x.dims() != v.dims() {
+            bail!("trainable tensor `{name}` has shape {:?}, the model has {:?}", x.dims(), v.dims());
+        }
+        v.set(&x.to_dtype(v.dtype())?)?;
+    }
+    Ok(())
 }
 
 /// The trained model as an HF directory in `out/final` (adapters merged), loadable by `generate`, with the

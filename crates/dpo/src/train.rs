@@ -14,7 +14,7 @@ pub use crate::config::{LoraConfig, TrainConfig};
 use crate::data::TokenPair;
 use crate::loss::{rewards, token_loss, LossParams, LossType, PairLogps, TokenLogps};
 use crate::optim::{clip_coef, grad_norm, learning_rate, Optimizer};
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Tensor, Var};
 use lm::score::completion_logprobs;
 use lm::LanguageModel;
@@ -254,20 +254,13 @@ impl Trainer {
 
     /// The trainable tensors as they are now (LoRA A/B, or every weight for full fine-tuning), detached.
     pub fn trainable_tensors(&self) -> HashMap<String, Tensor> {
-        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+        crate::checkpoint::vars_tensors(&self.vars)
     }
 
     /// Overwrites the trainable tensors (e.g. to continue from an earlier round's policy); every trainable
     /// tensor must be given, with its shape.
     pub fn set_trainable(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        for (name, v) in &self.vars {
-            let x = tensors.get(name).ok_or_else(|| anyhow!("trainable tensor `{name}` is missing"))?;
-            if x.dims() != v.dims() {
-                bail!("trainable tensor `{name}` has shape {:?}, the model has {:?}", x.dims(), v.dims());
-            }
-            v.set(&x.to_dtype(v.dtype())?)?;
-        }
-        Ok(())
+        crate::checkpoint::set_vars(&self.vars, tensors)
     }
 
     fn batch(&self, idx: &[usize], eval: bool) -> Result<BatchLogps> {

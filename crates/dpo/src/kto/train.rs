@@ -244,19 +244,12 @@ impl KtoTrainer {
 
     /// The trainable tensors as they are now (LoRA A/B, or every weight for full fine-tuning), detached.
     pub fn trainable_tensors(&self) -> HashMap<String, Tensor> {
-        self.vars.iter().map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+        crate::checkpoint::vars_tensors(&self.vars)
     }
 
     /// Overwrites the trainable tensors; every trainable tensor must be given, with its shape.
     pub fn set_trainable(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        for (name, v) in &self.vars {
-            let x = tensors.get(name).ok_or_else(|| anyhow!("trainable tensor `{name}` is missing"))?;
-            if x.dims() != v.dims() {
-                bail!("trainable tensor `{name}` has shape {:?}, the model has {:?}", x.dims(), v.dims());
-            }
-            v.set(&x.to_dtype(v.dtype())?)?;
-        }
-        Ok(())
+        crate::checkpoint::set_vars(&self.vars, tensors)
     }
 
     /// Scores the micro-batch `rows` of `data`; `cache` is the reference cache and `kl_at` where this
@@ -421,18 +414,8 @@ impl KtoTrainer {
             );
         }
         load_run_state(ckpt, self.policy.device(), &self.vars, &mut self.opt, &state, step)?;
-        let r_path = ckpt.join("ref_logps.json");
-        if let (Ok(text), Some(now)) = (std::fs::read_to_string(&r_path), &self.ref_train) {
-            let then: Vec<f32> =
-                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", r_path.display()))?;
-            let same = then.len() == now.rows.len() && then.iter().zip(&now.rows).all(|(a, b)| (a - b).abs() < 1e-3);
-            if !same {
-                bail!(
-                    "{}: the checkpoint was made with other training data or another model \
-                     (its cached reference log-probs differ from this run's)",
-                    ckpt.display()
-                );
-            }
+        if let Some(now) = &self.ref_train {
+            crate::checkpoint::check_ref_logps(ckpt, &now.rows, |a: &f32, b| (a - b).abs() < 1e-3)?;
         }
         self.step = step;
         keep_metrics_through(&self.out, step)
