@@ -17,10 +17,11 @@
 //! stochastic batch acquisition (Kirsch et al., TMLR 2023) by Gumbel-top-k.
 
 use crate::config::{AcquisitionConfig, ActiveConfig, Selection, Strategy};
+use crate::seed::stream::POOL_ORDER;
 use crate::seed::{rng_for, seed_for};
 use crate::store::{Candidate, Prompt};
 use anyhow::{bail, Result};
-use lm::sample::{generate, SampleParams};
+use lm::sample::{generate, Sample, SampleParams};
 use lm::LanguageModel;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -120,11 +121,40 @@ pub struct Models<'a> {
 /// Progress callback: (stage, done, total).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 
+/// Where in the run's pass over the prompt pool an acquisition draws: the run seed fixes the order, and
+/// `drawn` prompts have been drawn by the run's earlier acquisitions.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolCursor {
+    pub seed: u64,
+    pub drawn: usize,
+}
+
+impl PoolCursor {
+    /// The next `k` prompts of the run's pass over `pool`: one shuffled order per pass, as the released code's
+    /// prompt loader cycles over its data, so no prompt is drawn twice until every prompt has been drawn.
+    pub fn take<'p>(&self, pool: &'p [Prompt], k: usize) -> Vec<&'p Prompt> {
+        let n = pool.len();
+        let mut order: Option<(usize, Vec<usize>)> = None;
+        (self.drawn..self.drawn + k)
+            .map(|at| {
+                let pass = at / n;
+                if order.as_ref().is_none_or(|(p, _)| *p != pass) {
+                    let mut o: Vec<usize> = (0..n).collect();
+                    o.shuffle(&mut rng_for(self.seed, &[POOL_ORDER, pass as u64]));
+                    order = Some((pass, o));
+                }
+                &pool[order.as_ref().unwrap().1[at % n]]
+            })
+            .collect()
+    }
+}
+
 /// Runs one acquisition: returns every scored candidate, the `need` chosen ones with `selected = true`.
 pub fn acquire(
     cfg: &ActiveConfig,
     models: &Models,
     pool: &[Prompt],
+    cursor: PoolCursor,
     need: usize,
     seed: u64,
     progress: Progress,
@@ -133,45 +163,61 @@ pub fn acquire(
     let g = &cfg.generation;
     let beta = cfg.train.loss.beta;
     let mut rng = rng_for(seed, &[0]);
-    // Distinct prompts while the pool lasts; a draw larger than the pool goes through it again in a new
-    // order (the paper cycles its prompt loader the same way: its hybrid draws more prompts than IMDB has).
     let draw = |k: usize, rng: &mut StdRng| -> Result<Vec<&Prompt>> {
         if pool.is_empty() {
             bail!("acquisition needs prompts but the training pool is empty");
         }
-        // A preference file's pairs are a finite pool: never the same pair twice.
-        let k = if models.fixed_pairs.is_some() { k.min(pool.len()) } else { k };
-        let mut out = Vec::with_capacity(k);
-        while out.len() < k {
-            let take = (k - out.len()).min(pool.len());
-            out.extend(rand::seq::index::sample(rng, pool.len(), take).iter().map(|i| &pool[i]));
+        match models.fixed_pairs {
+            // A preference file's pool shrinks as its pairs are used (never the same pair twice): a plain
+            // draw of distinct prompts from what is left.
+            Some(_) => {
+                Ok(rand::seq::index::sample(rng, pool.len(), k.min(pool.len())).iter().map(|i| &pool[i]).collect())
+            }
+            None => Ok(cursor.take(pool, k)),
         }
-        Ok(out)
     };
     let (prompts, entropy): (Vec<&Prompt>, Option<Vec<f64>>) = match a.strategy {
-        Strategy::Random | Strategy::Offline => (draw(need, &mut rng)?, None),
-        Strategy::Certainty | Strategy::Uncertainty => (draw(need * a.over_generate_factor, &mut rng)?, None),
+        Strategy::Random | Strategy::Offline | Strategy::Certainty | Strategy::Uncertainty => {
+            (draw(cfg.draw_size(need), &mut rng)?, None)
+        }
         Strategy::Entropy | Strategy::Hybrid => {
             let keep = if a.strategy == Strategy::Entropy { need } else { need * a.over_generate_factor };
-            let drawn = draw(keep * a.over_sample_prompts_factor, &mut rng)?;
+            let drawn = draw(cfg.draw_size(need), &mut rng)?;
             let h = estimate_entropy(cfg, models.policy, &drawn, seed_for(seed, &[1]), progress)?;
             let chosen = entropy_stage(a, &h, keep, &mut rng);
             (chosen.iter().map(|&i| drawn[i]).collect(), Some(chosen.iter().map(|&i| h[i]).collect()))
         }
     };
     let sampler = if a.strategy == Strategy::Offline { models.reference } else { models.policy };
+    // The policy's log-prob of each completion it sampled, read off while sampling (temperature 1, no
+    // filters: `lm::sample::Sample::logprobs`) instead of scoring the completion again.
+    let mut sampled_logp = None;
     let pairs = match models.fixed_pairs {
         Some(fixed) => file_pairs(sampler, fixed, &prompts, seed_for(seed, &[2]))?,
-        None => sample_pairs(cfg, sampler, &prompts, seed_for(seed, &[2]), progress)?
-            .into_iter()
-            .map(|t| {
-                let text = decode(sampler, &t);
-                (t, text)
-            })
-            .collect(),
+        None => {
+            let samples = sample_pairs(cfg, sampler, &prompts, seed_for(seed, &[2]), progress)?;
+            if a.strategy != Strategy::Offline {
+                sampled_logp = Some(samples.iter().map(Sample::sum_logprob).collect());
+            }
+            samples
+                .into_iter()
+                .map(|s| {
+                    let text = decode(sampler, &s.tokens);
+                    (s.tokens, text)
+                })
+                .collect()
+        }
     };
     let (pairs, texts): (Vec<Vec<u32>>, Vec<String>) = pairs.into_iter().unzip();
-    let (logp, ref_logp) = score_pairs(models, &prompts, &pairs, g.batch_size, progress)?;
+    let ranked = matches!(a.strategy, Strategy::Certainty | Strategy::Uncertainty | Strategy::Hybrid);
+    // In the first round every |Δr̂| is exactly 0 (π = π_ref), so the pair stage's choice needs no scores:
+    // it is made first (the same seeded choice `select` makes on equal scores), and only the chosen pairs are
+    // scored by the reference, for training. The others keep their sampled log-probs on both sides (Δr̂ = 0,
+    // as scoring would give).
+    let chosen_first = (ranked && models.policy_is_reference && sampled_logp.is_some())
+        .then(|| select(&vec![0.0; prompts.len()], need, a.selection, a.coldness, &mut rng));
+    let (logp, ref_logp) =
+        score_pairs(models, &prompts, &pairs, sampled_logp, chosen_first.as_deref(), g.batch_size, progress)?;
     let mut cands: Vec<Candidate> = prompts
         .iter()
         .enumerate()
@@ -200,12 +246,13 @@ pub fn acquire(
             _ => d.abs(),
         };
     }
-    let chosen: Vec<usize> = match a.strategy {
-        Strategy::Random | Strategy::Offline | Strategy::Entropy => (0..cands.len()).collect(),
-        Strategy::Certainty | Strategy::Uncertainty | Strategy::Hybrid => {
+    let chosen: Vec<usize> = match chosen_first {
+        Some(c) => c,
+        None if ranked => {
             let scores: Vec<f64> = cands.iter().map(|c| c.score).collect();
             select(&scores, need, a.selection, a.coldness, &mut rng)
         }
+        None => (0..cands.len()).collect(),
     };
     for i in chosen {
         cands[i].selected = true;
@@ -286,36 +333,54 @@ fn sample_pairs(
     prompts: &[&Prompt],
     seed: u64,
     progress: Progress,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Vec<Sample>> {
     let g = &cfg.generation;
     let rep: Vec<Vec<u32>> = prompts.iter().flat_map(|p| [p.tokens.clone(), p.tokens.clone()]).collect();
     let lens = lengths(cfg, rep.len(), &mut rng_for(seed, &[0]));
     let total = rep.len();
-    let samples =
-        generate(model, &rep, &params(g.max_new_tokens, g.temperature, seed), Some(&lens), g.batch_size, 0, |d| {
-            progress("candidate pairs", d, total)
-        })?;
-    Ok(samples.into_iter().map(|s| s.tokens).collect())
+    generate(model, &rep, &params(g.max_new_tokens, g.temperature, seed), Some(&lens), g.batch_size, 0, |d| {
+        progress("candidate pairs", d, total)
+    })
 }
 
 /// A value per completion of a pair.
 type Pair = [f64; 2];
 
 /// Summed completion log-probs of the pairs under the policy and the reference.
+///
+/// The reference is always scored by a forward pass, the one DPO's precomputed reference log-probs must
+/// match. The policy's come from `sampled` (the sampler's own log-probs) when it sampled the pairs;
+/// the two paths differ only by float rounding (`docs/algorithm.md#scoring-while-sampling` measures it).
+/// In the first round π = π_ref and the policy's are the reference's, exactly, so every Δr̂ is 0; there
+/// `only` (pair indices) limits the reference pass to the chosen pairs, and the others keep their sampled
+/// log-probs as both.
 fn score_pairs(
     models: &Models,
     prompts: &[&Prompt],
     pairs: &[Vec<u32>],
+    sampled: Option<Vec<f64>>,
+    only: Option<&[usize]>,
     batch: usize,
     progress: Progress,
 ) -> Result<(Vec<Pair>, Vec<Pair>)> {
+    let rows: Vec<usize> = match (only, &sampled) {
+        (Some(o), Some(_)) => o.iter().flat_map(|&i| [2 * i, 2 * i + 1]).collect(),
+        _ => (0..pairs.len()).collect(),
+    };
     let items: Vec<(Vec<u32>, Vec<u32>)> =
-        pairs.iter().enumerate().map(|(j, c)| (prompts[j / 2].tokens.clone(), c.clone())).collect();
-    let reference = logps(models.reference, &items, batch, &mut |d, t| progress("scoring (reference)", d, t))?;
-    let policy = if models.policy_is_reference {
-        reference.clone()
-    } else {
-        logps(models.policy, &items, batch, &mut |d, t| progress("scoring (policy)", d, t))?
+        rows.iter().map(|&j| (prompts[j / 2].tokens.clone(), pairs[j].clone())).collect();
+    let scored = logps(models.reference, &items, batch, &mut |d, t| progress("scoring (reference)", d, t))?;
+    let mut reference = match (only, &sampled) {
+        (Some(_), Some(s)) => s.clone(),
+        _ => vec![0.0; pairs.len()],
+    };
+    for (&j, x) in rows.iter().zip(scored) {
+        reference[j] = x;
+    }
+    let policy = match sampled {
+        _ if models.policy_is_reference => reference.clone(),
+        Some(s) => s,
+        None => logps(models.policy, &items, batch, &mut |d, t| progress("scoring (policy)", d, t))?,
     };
     let two = |v: Vec<f64>| v.chunks(2).map(|c| [c[0], c[1]]).collect::<Vec<_>>();
     Ok((two(policy), two(reference)))

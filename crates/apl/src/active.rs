@@ -12,7 +12,7 @@
 //! it was: labels already given are never asked again, and it ends with the same labels as a run that
 //! was never interrupted.
 
-use crate::acquire::{acquire, Models};
+use crate::acquire::{acquire, Models, PoolCursor};
 use crate::config::{ActiveConfig, OracleKind, Retrain};
 use crate::eval::Evaluation;
 use crate::event::Event;
@@ -165,7 +165,8 @@ impl<'a> ActiveLoop<'a> {
         let draw = self.cfg.prompts_per_draw();
         if draw > train.len() {
             self.emit(Event::Info(format!(
-                "{} acquisition draws up to {draw} prompts per round from {}: prompts repeat, as in the paper",
+                "{} acquisition draws up to {draw} prompts per round from {}: prompts repeat once the pool has been \
+                 gone through, as in the paper",
                 self.cfg.acquisition.strategy.name(),
                 train.len()
             )));
@@ -258,8 +259,11 @@ impl<'a> ActiveLoop<'a> {
                 fixed_pairs: self.fixed_pairs.as_ref(),
             };
             let seed = seed_for(self.cfg.seed, &[ACQUIRE, round as u64, attempt as u64]);
+            // Every earlier acquisition's draw, so this one goes on through the pool where they stopped.
+            let drawn = self.store.acquisition_needs()?.into_iter().map(|n| self.cfg.draw_size(n)).sum();
+            let cursor = PoolCursor { seed: self.cfg.seed, drawn };
             let events = &mut self.events;
-            let cands = acquire(&self.cfg, &models, &pool, need, seed, &mut |what, done, total| {
+            let cands = acquire(&self.cfg, &models, &pool, cursor, need, seed, &mut |what, done, total| {
                 events(Event::Progress { what: what.to_string(), done, total })
             })?;
             let secs = t0.elapsed().as_secs_f64();

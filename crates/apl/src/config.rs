@@ -207,6 +207,11 @@ pub struct EvalConfig {
     /// Evaluate after every round (else only after the last).
     pub every_round: bool,
     pub no_answer: NoAnswer,
+    /// Seed of the held-out split, of the prompts' cut lengths and of the evaluation samples' random numbers,
+    /// kept apart from the run seed: every run of an experiment (all strategies, all seeds) evaluates on the
+    /// same prompts against the same starting-model samples, and its policy samples with the same random
+    /// numbers, so per-prompt outcomes pair across runs (common random numbers).
+    pub split_seed: u64,
     /// Who judges evaluation pairs when it is not the run's oracle (required for `human` and `dataset`
     /// runs, which cannot judge new samples): `sentiment`, `vader`, `judge` or `reward`.
     pub oracle: Option<OracleKind>,
@@ -255,7 +260,10 @@ impl Default for GenerationConfig {
             eval_temperature: 0.25,
             min_new_tokens: 16,
             max_new_tokens: 24,
-            batch_size: 32,
+            // Decoding reads every weight once per step whatever the batch, so larger batches amortise it:
+            // SmolLM2-135M decodes 1.9× faster per token at 128 than at 32 on 2 cores, and slower again at
+            // 256 (docs/benchmarks.md). Each row keeps its own RNG stream, so the text does not depend on it.
+            batch_size: 128,
         }
     }
 }
@@ -295,7 +303,7 @@ impl Default for OracleConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { prompts: 64, every_round: true, no_answer: NoAnswer::Half, oracle: None }
+        Self { prompts: 64, every_round: true, no_answer: NoAnswer::Half, split_seed: 0, oracle: None }
     }
 }
 
@@ -324,7 +332,8 @@ impl ActiveConfig {
     /// What makes two runs the same run: this config with the keys that may change between resumes set to
     /// their defaults. Those keys say how to reach the LLM judge and how much it may spend (`api_key_env`,
     /// `timeout_s`, `retries`, `backoff_s`, `max_backoff_s`, `max_calls`, `max_cost_tokens`, `concurrency`)
-    /// and how people are asked (`oracle.poll_seconds`, `oracle.guidelines`): none changes a question or its
+    /// how people are asked (`oracle.poll_seconds`, `oracle.guidelines`), and how many sequences are sampled at once
+    /// (`generation.batch_size`): none changes a question or its
     /// answer, and a run stopped by a spent budget must be able to go on with a larger one.
     pub fn identity(&self) -> ActiveConfig {
         let mut c = self.clone();
@@ -337,6 +346,9 @@ impl ActiveConfig {
         j.max_calls = d.max_calls;
         j.max_cost_tokens = d.max_cost_tokens;
         j.concurrency = d.concurrency;
+        // How many sequences go through the model at once changes the speed, not the samples (each row has
+        // its own RNG stream and its own numbers).
+        c.generation.batch_size = GenerationConfig::default().batch_size;
         let o = OracleConfig::default();
         c.oracle.poll_seconds = o.poll_seconds;
         c.oracle.guidelines = o.guidelines;
@@ -434,14 +446,18 @@ impl ActiveConfig {
 
     /// The largest number of prompts one acquisition draws (prompts repeat when the pool is smaller).
     pub fn prompts_per_draw(&self) -> usize {
+        self.draw_size(self.max_labels_per_round())
+    }
+
+    /// How many prompts an acquisition of `need` labels draws from the pool.
+    pub fn draw_size(&self, need: usize) -> usize {
         let a = &self.acquisition;
-        self.max_labels_per_round()
-            * match a.strategy {
-                Strategy::Random | Strategy::Offline => 1,
-                Strategy::Entropy => a.over_sample_prompts_factor,
-                Strategy::Certainty | Strategy::Uncertainty => a.over_generate_factor,
-                Strategy::Hybrid => a.over_generate_factor * a.over_sample_prompts_factor,
-            }
+        need * match a.strategy {
+            Strategy::Random | Strategy::Offline => 1,
+            Strategy::Entropy => a.over_sample_prompts_factor,
+            Strategy::Certainty | Strategy::Uncertainty => a.over_generate_factor,
+            Strategy::Hybrid => a.over_generate_factor * a.over_sample_prompts_factor,
+        }
     }
 
     /// A path from the config, relative to the config file's folder when not absolute.

@@ -3,7 +3,10 @@
 //!
 //! Both models sample one completion per held-out prompt at `generation.eval_temperature`; the starting
 //! model's samples are drawn once and reused by every round. Completion 0 of each question is the policy's,
-//! 1 the starting model's; identical completions are a tie without asking. Samples are stored before any
+//! 1 the starting model's; identical completions are a tie without asking, counted as `eval.no_answer` says.
+//! Lengths and random streams come from `eval.split_seed`, not the run seed (common random numbers): the
+//! baseline samples are the same in every run of an experiment and every round, so outcomes pair across
+//! rounds, strategies and seeds. Samples are stored before any
 //! question is asked and each judgment is committed as it arrives, so an evaluation cut short resumes with
 //! the same samples and asks only what is left.
 
@@ -44,7 +47,10 @@ impl Evaluation<'_> {
         }
         events(Event::Stage(format!("round {round}: evaluating on {} held-out prompts", prompts.len())));
         let g = &cfg.generation;
-        let lens = lengths(cfg, prompts.len(), &mut rng_for(cfg.seed, &[EVAL_LENGTHS]));
+        // Common random numbers: lengths and sampling streams come from the split seed, so every run of an
+        // experiment has the same baseline samples and its policies draw with the same random numbers.
+        let split = cfg.eval.split_seed;
+        let lens = lengths(cfg, prompts.len(), &mut rng_for(split, &[EVAL_LENGTHS]));
         let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
         for r in [0, round] {
             if !store.eval_samples(r)?.is_empty() {
@@ -56,7 +62,7 @@ impl Evaluation<'_> {
                 temperature: g.eval_temperature,
                 top_k: 0,
                 top_p: 1.0,
-                seed: seed_for(cfg.seed, &[EVAL, r as u64]),
+                seed: seed_for(split, &[EVAL, r as u64]),
                 stop_at_eos: true,
             };
             let what = if r == 0 { "baseline samples".to_string() } else { format!("round {r} samples") };
@@ -90,7 +96,8 @@ impl Evaluation<'_> {
         for (pid, policy) in samples.iter().filter(|(pid, _)| !judged.contains(pid)) {
             let baseline = &base_samples[pid];
             if policy == baseline {
-                store.record_judgment(round, *pid, 0.5, &name, "identical completions: not asked")?;
+                // A tie without asking: it counts as the oracle's no-answer does (`eval.no_answer`).
+                store.record_judgment(round, *pid, no_answer, &name, "identical completions: not asked")?;
                 judged_now += 1;
             } else {
                 asked.push(*pid);

@@ -57,6 +57,8 @@ impl Experiment {
         std::fs::create_dir_all(&self.out).with_context(|| format!("creating {}", self.out.display()))?;
         let mut cells: Vec<::report::Cell> = Vec::new();
         let mut outcomes: Vec<Outcome> = Vec::new();
+        // The first run's held-out prompts and baseline samples: every other run must have the same.
+        let mut paired: Option<(PathBuf, Heldout)> = None;
         for &s in &self.strategies {
             for seed in 0..self.seeds {
                 let mut c = self.cfg.clone();
@@ -67,6 +69,11 @@ impl Experiment {
                 let copy = base.with_params(base.params.clone())?;
                 let mut run = ActiveLoop::prepare(c, &dir, copy, snippets, &mut *events)?;
                 let res = run.run()?;
+                let mine = heldout(&run.store)?;
+                match &paired {
+                    None => paired = Some((dir.clone(), mine)),
+                    Some((first, theirs)) => check_paired(&dir, &mine, first, theirs)?,
+                }
                 for r in &res {
                     for (prompt, win) in crate::results::prompt_outcomes(&run.store, r.round)? {
                         outcomes.push(Outcome { strategy: s.name().into(), seed, labels: r.labels, prompt, win });
@@ -119,4 +126,38 @@ impl Experiment {
     pub fn plot(&self) -> PathBuf {
         self.out.join("experiment.html")
     }
+}
+
+/// What pairs a run's outcomes with another's: its held-out prompts (id, text) and the starting model's
+/// samples on them.
+pub struct Heldout {
+    pub prompts: Vec<(i64, String)>,
+    pub baseline: Vec<(i64, String)>,
+}
+
+/// A run's held-out prompts and baseline samples, as its store has them.
+pub fn heldout(store: &crate::store::Store) -> Result<Heldout> {
+    Ok(Heldout {
+        prompts: store.prompts("eval")?.into_iter().map(|p| (p.id, p.text)).collect(),
+        baseline: store.eval_samples(0)?,
+    })
+}
+
+/// Refuses a run (`dir`) whose held-out prompts or baseline samples differ from the experiment's first run
+/// (`first`): its outcomes would not pair, and the paired intervals would be wrong.
+pub fn check_paired(dir: &Path, mine: &Heldout, first: &Path, theirs: &Heldout) -> Result<()> {
+    let what = if mine.prompts != theirs.prompts {
+        "held-out prompts"
+    } else if mine.baseline != theirs.baseline {
+        "starting-model samples on the held-out prompts"
+    } else {
+        return Ok(());
+    };
+    bail!(
+        "{}: its {what} differ from those of {}, so its outcomes cannot be paired with the other runs'. \
+         The runs of one experiment must share eval.split_seed, the prompt settings and the model (and run on \
+         one machine: float rounding differs between CPUs); delete the run directory to run it again",
+        dir.display(),
+        first.display()
+    )
 }

@@ -50,7 +50,9 @@ pub fn build_pool(cfg: &ActiveConfig, tok: &Tokenizer, texts: &[String], source:
     let p = &cfg.prompts;
     let mut seen = std::collections::HashSet::new();
     let mut prompts = Vec::new();
-    let mut rng = rng_for(cfg.seed, &[POOL_CUT]);
+    // The split seed, not the run seed: all runs of an experiment share the pool and the held-out prompts.
+    let split = cfg.eval.split_seed;
+    let mut rng = rng_for(split, &[POOL_CUT]);
     let mut too_short = 0;
     for t in texts {
         if !seen.insert(t.as_str()) {
@@ -87,7 +89,7 @@ pub fn build_pool(cfg: &ActiveConfig, tok: &Tokenizer, texts: &[String], source:
             need_train,
         );
     }
-    prompts.shuffle(&mut rng_for(cfg.seed, &[POOL_SHUFFLE]));
+    prompts.shuffle(&mut rng_for(split, &[POOL_SHUFFLE]));
     let eval = prompts.split_off(prompts.len() - cfg.eval.prompts);
     Ok((prompts, eval))
 }

@@ -29,6 +29,8 @@ pub mod stream {
     pub const EVAL: u64 = 3;
     /// The completion lengths of the evaluation samples.
     pub const EVAL_LENGTHS: u64 = 4;
+    /// The order acquisition draws the pool's prompts in, per pass over the pool.
+    pub const POOL_ORDER: u64 = 5;
     /// The prompt pool: each source text's cut length.
     pub const POOL_CUT: u64 = 0x70;
     /// The prompt pool: the shuffle that splits it into acquisition and held-out prompts.

@@ -1,13 +1,16 @@
 //! Acquisition on hand-made scores (selection, tie-breaking, stochastic batch acquisition, the entropy
 //! window) and on a tiny random model (each strategy selects what its definition says).
 
-use apl::acquire::{acquire, entropy_means, select, Models};
+use apl::acquire::{acquire, entropy_means, select, Models, PoolCursor};
 use apl::config::{ActiveConfig, Selection, Strategy};
 use apl::store::Prompt;
 use candle_core::DType;
 use lm::testing::tiny_model;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+
+/// The start of a run's pass over its pool.
+const START: PoolCursor = PoolCursor { seed: 0, drawn: 0 };
 
 fn rng(s: u64) -> StdRng {
     StdRng::seed_from_u64(s)
@@ -126,7 +129,7 @@ fn each_strategy_selects_what_it_says_on_a_tiny_model() {
         Strategy::Hybrid,
     ] {
         let cfg = tiny_cfg(s);
-        let c = acquire(&cfg, &models, &p, need, 7, &mut |_, _, _| {}).unwrap();
+        let c = acquire(&cfg, &models, &p, START, need, 7, &mut |_, _, _| {}).unwrap();
         let sel: Vec<_> = c.iter().filter(|c| c.selected).collect();
         assert_eq!(sel.len(), need, "{s:?}");
         let expected_candidates = match s {
@@ -160,12 +163,12 @@ fn each_strategy_selects_what_it_says_on_a_tiny_model() {
             assert!(c.iter().all(|x| x.entropy.is_some_and(|h| h > 0.0)), "{s:?}");
         }
         // Same seed, same acquisition.
-        let again = acquire(&cfg, &models, &p, need, 7, &mut |_, _, _| {}).unwrap();
+        let again = acquire(&cfg, &models, &p, START, need, 7, &mut |_, _, _| {}).unwrap();
         assert_eq!(c, again, "{s:?} is not deterministic");
     }
     // Offline pairs come from the reference: its pairs differ from the policy's for the same prompts.
-    let on = acquire(&tiny_cfg(Strategy::Random), &models, &p, need, 9, &mut |_, _, _| {}).unwrap();
-    let off = acquire(&tiny_cfg(Strategy::Offline), &models, &p, need, 9, &mut |_, _, _| {}).unwrap();
+    let on = acquire(&tiny_cfg(Strategy::Random), &models, &p, START, need, 9, &mut |_, _, _| {}).unwrap();
+    let off = acquire(&tiny_cfg(Strategy::Offline), &models, &p, START, need, 9, &mut |_, _, _| {}).unwrap();
     assert_eq!(on.iter().map(|c| c.prompt_id).collect::<Vec<_>>(), off.iter().map(|c| c.prompt_id).collect::<Vec<_>>());
     assert_ne!(on.iter().map(|c| &c.tokens).collect::<Vec<_>>(), off.iter().map(|c| &c.tokens).collect::<Vec<_>>());
 }
@@ -179,7 +182,7 @@ fn the_entropy_filter_keeps_the_highest_entropy_prompts() {
     let h = apl::acquire::estimate_entropy(&cfg, &m, &refs, 11, &mut |_, _, _| {}).unwrap();
     assert_eq!(h.len(), p.len());
     let models = Models { policy: &m, reference: &m, policy_is_reference: true, fixed_pairs: None };
-    let c = acquire(&cfg, &models, &p, 5, 0, &mut |_, _, _| {}).unwrap();
+    let c = acquire(&cfg, &models, &p, START, 5, 0, &mut |_, _, _| {}).unwrap();
     // The entropies stored with the selected prompts are the top of what was estimated for the draw.
     let kept: Vec<f64> = c.iter().map(|x| x.entropy.unwrap()).collect();
     assert!(kept.windows(2).all(|w| w[0] >= w[1]), "best first: {kept:?}");
@@ -193,13 +196,13 @@ fn a_draw_larger_than_the_pool_repeats_prompts_and_an_empty_pool_is_an_error() {
     let p = pool(&m.tokenizer, 5);
     let models = Models { policy: &m, reference: &m, policy_is_reference: true, fixed_pairs: None };
     // Certainty with ogf 3 draws 12 prompts from 5: every prompt at least twice, none more than thrice.
-    let c = acquire(&tiny_cfg(Strategy::Certainty), &models, &p, 4, 0, &mut |_, _, _| {}).unwrap();
+    let c = acquire(&tiny_cfg(Strategy::Certainty), &models, &p, START, 4, 0, &mut |_, _, _| {}).unwrap();
     assert_eq!(c.len(), 12);
     for id in 1..=5 {
         let n = c.iter().filter(|x| x.prompt_id == id).count();
         assert!((2..=3).contains(&n), "prompt {id} drawn {n} times");
     }
-    let e = acquire(&tiny_cfg(Strategy::Random), &models, &[], 4, 0, &mut |_, _, _| {}).unwrap_err();
+    let e = acquire(&tiny_cfg(Strategy::Random), &models, &[], START, 4, 0, &mut |_, _, _| {}).unwrap_err();
     assert!(e.to_string().contains("pool is empty"), "{e}");
 }
 
@@ -253,7 +256,7 @@ fn the_hybrid_entropy_stage_keeps_exactly_the_top_k_of_its_draw() {
 
 #[test]
 fn a_hybrid_acquisition_keeps_the_top_entropy_prompts_of_its_own_draw() {
-    use apl::seed::{rng_for, seed_for};
+    use apl::seed::seed_for;
     let reference = tiny_model("llama", 1, DType::F32).unwrap();
     let policy = tiny_model("llama", 2, DType::F32).unwrap();
     let models = Models { policy: &policy, reference: &reference, policy_is_reference: false, fixed_pairs: None };
@@ -264,11 +267,10 @@ fn a_hybrid_acquisition_keeps_the_top_entropy_prompts_of_its_own_draw() {
     cfg.acquisition.selection = Selection::Softmax;
     cfg.acquisition.coldness = 0.0;
     let (need, seed) = (3, 21);
-    let c = acquire(&cfg, &models, &p, need, seed, &mut |_, _, _| {}).unwrap();
-    // The draw as `acquire` makes it (stream (seed, 0): one sample without replacement while the pool lasts)
-    // and its entropies as `acquire` estimates them (stream (seed, 1)); update these two lines with it.
-    let drawn: Vec<&Prompt> =
-        rand::seq::index::sample(&mut rng_for(seed, &[0]), p.len(), 18).iter().map(|i| &p[i]).collect();
+    let c = acquire(&cfg, &models, &p, START, need, seed, &mut |_, _, _| {}).unwrap();
+    // The draw as `acquire` makes it (the next 18 prompts of the run's pass over the pool) and its entropies as
+    // `acquire` estimates them (stream (seed, 1)); update these two lines with it.
+    let drawn: Vec<&Prompt> = START.take(&p, 18);
     let h = apl::acquire::estimate_entropy(&cfg, &policy, &drawn, seed_for(seed, &[1]), &mut |_, _, _| {}).unwrap();
     let mut order: Vec<usize> = (0..drawn.len()).collect();
     order.sort_by(|&a, &b| h[b].total_cmp(&h[a]));
@@ -290,12 +292,65 @@ fn a_hybrid_draw_smaller_than_its_entropy_stage_keeps_every_prompt() {
     let cfg = tiny_cfg(Strategy::Hybrid);
     // 2 labels: the entropy stage wants 6 of 12 prompts, the file has 4 left: all 4 kept, each once, then
     // the certainty stage selects 2.
-    let c = acquire(&cfg, &models, &p, 2, 0, &mut |_, _, _| {}).unwrap();
+    let c = acquire(&cfg, &models, &p, START, 2, 0, &mut |_, _, _| {}).unwrap();
     let mut ids: Vec<i64> = c.iter().map(|x| x.prompt_id).collect();
     ids.sort();
     assert_eq!(ids, vec![1, 2, 3, 4]);
     assert_eq!(c.iter().filter(|x| x.selected).count(), 2);
     // Fewer prompts than labels: the one there is, selected (the loop acquires again or stops with a message).
-    let c = acquire(&cfg, &models, &p[..1], 2, 0, &mut |_, _, _| {}).unwrap();
+    let c = acquire(&cfg, &models, &p[..1], START, 2, 0, &mut |_, _, _| {}).unwrap();
     assert_eq!((c.len(), c[0].selected), (1, true));
+}
+
+/// Acquisitions go through the pool in one seeded order, as the released code's prompt loader does: no prompt
+/// is drawn twice until every prompt has been drawn, a later draw goes on where the earlier ones stopped, and
+/// the next pass over the pool is in a new order.
+#[test]
+fn draws_go_through_the_pool_before_any_prompt_repeats() {
+    let pool: Vec<Prompt> =
+        (0..10).map(|i| Prompt { id: i, text: format!("p{i}"), tokens: vec![i as u32 + 1] }).collect();
+    let ids = |c: PoolCursor, k: usize| -> Vec<i64> { c.take(&pool, k).iter().map(|p| p.id).collect() };
+    let first = ids(PoolCursor { seed: 3, drawn: 0 }, 10);
+    let mut sorted = first.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..10).collect::<Vec<_>>(), "one pass draws every prompt once");
+    assert_ne!(first, (0..10).collect::<Vec<_>>(), "in a shuffled order");
+    // Three draws of 4, 4 and 2 are the same pass, in order.
+    let parts: Vec<i64> =
+        [(0, 4), (4, 4), (8, 2)].iter().flat_map(|&(drawn, k)| ids(PoolCursor { seed: 3, drawn }, k)).collect();
+    assert_eq!(parts, first);
+    // The second pass: every prompt again, in another order; a draw across the boundary spans both.
+    let second = ids(PoolCursor { seed: 3, drawn: 10 }, 10);
+    assert_ne!(second, first);
+    let across = ids(PoolCursor { seed: 3, drawn: 7 }, 6);
+    assert_eq!(across, [&first[7..], &second[..3]].concat());
+    // Another run seed, another order.
+    assert_ne!(ids(PoolCursor { seed: 4, drawn: 0 }, 10), first);
+}
+
+/// In the first round (π = π_ref) the pair stage needs no scores: every Δr̂ is exactly 0, the choice is the
+/// seeded one, and only the chosen pairs go through the reference (their log-probs are what training
+/// reuses); the others keep their sampled log-probs on both sides.
+#[test]
+fn the_first_round_scores_only_the_chosen_pairs() {
+    let m = tiny_model("llama", 1, DType::F32).unwrap();
+    let p = pool(&m.tokenizer, 40);
+    let models = Models { policy: &m, reference: &m, policy_is_reference: true, fixed_pairs: None };
+    let cfg = tiny_cfg(Strategy::Certainty);
+    let c = acquire(&cfg, &models, &p, START, 4, 3, &mut |_, _, _| {}).unwrap();
+    assert_eq!(c.len(), 12);
+    assert!(c.iter().all(|x| x.log_ratio_diff() == 0.0 && x.logp == x.ref_logp));
+    let chosen: Vec<&apl::store::Candidate> = c.iter().filter(|x| x.selected).collect();
+    assert_eq!(chosen.len(), 4);
+    // The chosen pairs' reference log-probs are a forward pass's, exactly.
+    let items: Vec<(Vec<u32>, Vec<u32>)> =
+        chosen.iter().flat_map(|x| x.tokens.iter().map(|t| (x.prompt_tokens.clone(), t.clone()))).collect();
+    let scored = lm::score::score_all(&m, &items, cfg.generation.batch_size, |_| {}).unwrap();
+    for (x, s) in chosen.iter().zip(scored.chunks(2)) {
+        assert_eq!(x.ref_logp, [s[0].0, s[1].0]);
+    }
+    // Another seed, another choice.
+    let d = acquire(&cfg, &models, &p, START, 4, 4, &mut |_, _, _| {}).unwrap();
+    let ids = |v: &[apl::store::Candidate]| v.iter().filter(|x| x.selected).map(|x| x.prompt_id).collect::<Vec<_>>();
+    assert_ne!(ids(&c), ids(&d));
 }

@@ -355,6 +355,19 @@ fn the_paper_config_parses_to_the_papers_settings() {
     assert_eq!(ActiveConfig::from_toml(&c.to_toml()).unwrap().to_toml(), c.to_toml());
 }
 
+/// The CPU study config is the size issue #14 asks for: at least 128 labels in at least 4 rounds, at least 256
+/// held-out prompts, SmolLM2-135M (the default model) and the sentiment oracle.
+#[test]
+fn the_study_config_has_the_studys_sizes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/study-cpu.toml");
+    let c = ActiveConfig::from_toml_file(&path).unwrap();
+    let t = c.rounds.targets();
+    assert!(t.len() >= 4 && *t.last().unwrap() >= 128, "{t:?}");
+    assert!(c.eval.prompts >= 256);
+    assert_eq!(c.oracle.kind, OracleKind::Sentiment);
+    assert!(c.model.is_empty(), "the default model");
+}
+
 #[test]
 fn offline_simulation_takes_pairs_and_labels_from_a_preference_file() {
     let tmp = tempfile::tempdir().unwrap();
@@ -456,4 +469,52 @@ fn a_trained_round_whose_policy_file_is_lost_is_trained_again() {
     assert_eq!(asked.load(Ordering::SeqCst), questions);
     assert_eq!((load(1), load(2)), (p1, p2));
     assert_eq!(Store::open(&dir.join("store.sqlite")).unwrap().rounds().unwrap().len(), 2);
+}
+
+/// The paired design: runs with other seeds and strategies but one `eval.split_seed` evaluate on the same
+/// held-out prompts against the same starting-model samples; a run with another split is refused by name.
+/// Within a run, acquisitions go through the pool before any prompt is drawn again.
+#[test]
+fn runs_pair_on_the_held_out_split_and_prompts_do_not_repeat_across_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let few = movie_texts(30);
+    let run = |name: &str, seed: u64, strategy: Strategy, split_seed: u64| {
+        let mut c = cfg();
+        c.seed = seed;
+        c.acquisition.strategy = strategy;
+        c.eval.split_seed = split_seed;
+        let dir = tmp.path().join(name);
+        let mut ev = |_e: Event| {};
+        let mut r =
+            ActiveLoop::open(c, &dir, tiny_model("llama", 1, DType::F32).unwrap(), oracle(&asked, None), None, &mut ev)
+                .unwrap();
+        r.ensure_pool(&few, Path::new("test-texts")).unwrap();
+        r.run().unwrap();
+        let held = apl::experiment::heldout(&r.store).unwrap();
+        (
+            dir,
+            held,
+            r.store.prompts("train").unwrap().len(),
+            (1..=2).map(|k| r.store.candidate_prompts(k).unwrap()).collect::<Vec<_>>(),
+        )
+    };
+    let (a_dir, a, pool, a_drawn) = run("certainty-seed0", 0, Strategy::Certainty, 0);
+    let (b_dir, b, _, _) = run("random-seed1", 1, Strategy::Random, 0);
+    assert_eq!(a.prompts.len(), 6);
+    assert_eq!(a.prompts, b.prompts, "one split seed, one held-out set");
+    assert_eq!(a.baseline, b.baseline, "common random numbers: the same starting-model samples");
+    apl::experiment::check_paired(&b_dir, &b, &a_dir, &a).unwrap();
+
+    // Certainty draws 8 prompts per round (4 labels × over_generate_factor 2): 16 distinct prompts over two
+    // rounds, out of a pool of about two dozen (independent draws would repeat one with probability ~98%).
+    let drawn: Vec<i64> = a_drawn.concat();
+    assert_eq!(drawn.len(), 16);
+    assert!(pool >= 16, "pool of {pool}");
+    let distinct: std::collections::HashSet<_> = drawn.iter().collect();
+    assert_eq!(distinct.len(), 16, "a prompt came back before the pool was used up: {a_drawn:?}");
+
+    let (c_dir, c, _, _) = run("random-seed2-other-split", 2, Strategy::Random, 7);
+    let e = apl::experiment::check_paired(&c_dir, &c, &a_dir, &a).unwrap_err().to_string();
+    assert!(e.contains("random-seed2-other-split") && e.contains("held-out prompts"), "{e}");
 }

@@ -76,9 +76,9 @@ fn completion_0_is_the_policy_and_a_win_is_the_policys() {
     // the policy's as rounds 1 to 3; in round 3 the policy repeats the baseline on the first prompt.
     let samples = |who: &str| ids.iter().map(|&id| (id, format!("{who} sample {id}"))).collect::<Vec<_>>();
     store.insert_eval_samples(0, &samples("baseline")).unwrap();
-    for r in 1..=3 {
+    for r in 1..=4 {
         let mut s = samples("policy");
-        if r == 3 {
+        if r >= 3 {
             s[0].1 = format!("baseline sample {}", ids[0]);
         }
         store.insert_eval_samples(r, &s).unwrap();
@@ -109,6 +109,15 @@ fn completion_0_is_the_policy_and_a_win_is_the_policys() {
     assert_eq!(o.shown.len(), 4, "the identical pair is not asked");
     assert_eq!(wins(&store, 3), vec![0.5, 1.0, 1.0, 1.0, 1.0]);
     assert_eq!(win_rate(&store, 3).unwrap().unwrap().0, 0.9);
+
+    // Round 4, scored as the paper does (`no_answer = "loss"`): the identical pair is a tie, and a tie counts
+    // as the oracle's no-answer does, a loss, not half a win.
+    let mut loss = cfg.clone();
+    loss.eval.no_answer = apl::config::NoAnswer::Loss;
+    let mut o = Marker::new("policy");
+    evaluate(&loss, &dir, &mut store, &base, &mut o, 4);
+    assert_eq!(o.shown.len(), 4, "the identical pair is not asked");
+    assert_eq!(wins(&store, 4), vec![0.0, 1.0, 1.0, 1.0, 1.0]);
 }
 
 /// Round `round`'s policy file for `base` (llama-untied, full weights): every token's embedding gets a large

@@ -9,6 +9,7 @@ use crate::model::LanguageModel;
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 use rand::{rngs::StdRng, Rng, SeedableRng};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone)]
 pub struct SampleParams {
@@ -203,28 +204,53 @@ fn generate_batch(
     }
     let mut rngs: Vec<StdRng> = (0..b).map(|i| row_rng(params.seed, first_index + i)).collect();
     let pad = model.tokenizer.pad_token_id;
+    // Samples of the same prompt share its prefill: the prompt goes through the model once and its KV
+    // cache (and last logits) are copied to each of its rows. Each row's numbers are what a prefill of
+    // its own would give (attention and the matmuls are row-wise); only the work is not repeated.
+    let (unique, of_row) = dedupe(prompts);
     let left_pad: Vec<usize> = prompts.iter().map(|p| t0 - p.len()).collect();
-    let mut ids = Vec::with_capacity(b * t0);
-    for p in prompts {
+    let mut ids = Vec::with_capacity(unique.len() * t0);
+    for &u in &unique {
+        let p = &prompts[u];
         ids.extend(std::iter::repeat_n(pad, t0 - p.len()));
         ids.extend_from_slice(p);
     }
-    let mut input = Tensor::from_vec(ids, (b, t0), &dev)?;
-    let mut ctx = Positions { start: 0, left_pad };
+    let mut input = Tensor::from_vec(ids, (unique.len(), t0), &dev)?;
+    let mut ctx = Positions { start: 0, left_pad: unique.iter().map(|&u| left_pad[u]).collect() };
     let mut cache = model.new_cache();
     // Rows still generating, as indices into `samples`; the cache holds exactly these rows.
     let mut active: Vec<usize> = (0..b).collect();
+    let mut prefill = true;
     loop {
         let t = input.dim(1)?;
         let h = model.hidden(&input, &ctx, Some(&mut cache))?;
         let h_last = h.narrow(1, t - 1, 1)?; // (B', 1, d)
         let logits = model.logits(&h_last)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?; // (B', V)
-        let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        let mut rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        if std::mem::take(&mut prefill) && unique.len() < b {
+            // (U, ·) → (B, ·): every row gets its prompt's cache and logits.
+            cache.select_rows(&Tensor::new(of_row.as_slice(), &dev)?)?;
+            rows = of_row.iter().map(|&u| rows[u as usize].clone()).collect();
+            ctx.left_pad = left_pad.clone();
+        }
         ctx.start += t;
+        // Draw every row's token in parallel (a pass over the vocabulary per row): each row has its own RNG,
+        // so the draws do not depend on the threads. `active` is increasing, so its RNGs come in order.
+        let picks: Vec<(u32, f32)> = {
+            let mut live: Vec<&mut StdRng> = Vec::with_capacity(active.len());
+            let mut next_active = active.iter().peekable();
+            for (si, rng) in rngs.iter_mut().enumerate() {
+                if next_active.peek() == Some(&&si) {
+                    next_active.next();
+                    live.push(rng);
+                }
+            }
+            rows.par_iter().zip(live.into_par_iter()).map(|(row, rng)| sample_with_logprob(row, params, rng)).collect()
+        };
         let mut next = Vec::with_capacity(active.len());
         let mut keep = Vec::with_capacity(active.len());
         for (r, &si) in active.iter().enumerate() {
-            let (tok, lp) = sample_with_logprob(&rows[r], params, &mut rngs[si]);
+            let (tok, lp) = picks[r];
             let s = &mut samples[si];
             s.tokens.push(tok);
             s.logprobs.push(lp);
@@ -248,6 +274,24 @@ fn generate_batch(
         input = Tensor::from_vec(next, (active.len(), 1), &dev)?;
     }
     Ok(samples)
+}
+
+/// The distinct prompts of a batch (index of each one's first row) and, for every row, the position of its
+/// prompt in that list.
+fn dedupe(prompts: &[Vec<u32>]) -> (Vec<usize>, Vec<u32>) {
+    let mut first: std::collections::HashMap<&[u32], u32> = std::collections::HashMap::new();
+    let mut unique = Vec::new();
+    let of_row = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            *first.entry(p.as_slice()).or_insert_with(|| {
+                unique.push(i);
+                (unique.len() - 1) as u32
+            })
+        })
+        .collect();
+    (unique, of_row)
 }
 
 /// Monte-Carlo estimate of each prompt's sequence entropy, `H(x) ≈ (1/n) Σ_j −log π(y_j | x)` with

@@ -180,3 +180,28 @@ fn entropy_estimate_is_the_mean_negative_logprob_of_own_samples() {
         assert!((sc[0].0 - s[i * 4].sum_logprob()).abs() < 1e-3);
     }
 }
+
+/// What acquisition relies on when it reads the policy's log-probs off its samples: on the real model, with
+/// pairs of samples sharing their prompt's prefill at the pair temperature, each completion's summed
+/// temperature-1 log-prob equals scoring it with one forward pass to float rounding.
+#[test]
+fn sampled_log_probs_equal_a_forward_pass_on_the_real_model() {
+    let m = model();
+    let texts = ["The movie was", "I hated every minute of", "A quiet, beautiful", "Nobody expected the sequel to"];
+    let prompts: Vec<Vec<u32>> = texts
+        .iter()
+        .flat_map(|p| {
+            let t = m.tokenizer.encode_plain(p).unwrap();
+            [t.clone(), t]
+        })
+        .collect();
+    let p = SampleParams { max_new_tokens: 24, temperature: 0.7, seed: 5, ..Default::default() };
+    let s = generate(m, &prompts, &p, None, 8, 0, |_| {}).unwrap();
+    let items: Vec<(Vec<u32>, Vec<u32>)> = prompts.iter().zip(&s).map(|(p, x)| (p.clone(), x.tokens.clone())).collect();
+    let scored = lm::score::score_all(m, &items, 8, |_| {}).unwrap();
+    let worst = s.iter().zip(&scored).map(|(x, (sum, _))| (x.sum_logprob() - sum).abs()).fold(0.0, f64::max);
+    eprintln!("largest |sampled − scored| over {} completions: {worst:.2e} nats", s.len());
+    // Measured 3.6e-3 (2-core AVX-512 machine): f32 sums in another order (KV cache and left padding vs one
+    // pass), over 24 tokens; docs/algorithm.md#scoring-while-sampling weighs it against |Δr̂|.
+    assert!(worst < 1e-2, "{worst}");
+}

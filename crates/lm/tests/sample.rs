@@ -41,3 +41,48 @@ fn a_watcher_sees_every_token_and_ending_a_row_leaves_the_others_alone() {
     }
     assert_eq!(plain[0].tokens.len(), 12);
 }
+
+/// Rows with the same prompt share one prefill (the prompt's cache is copied to each row): every row samples
+/// what it samples alone, with its own RNG stream, and its log-probs are those of a prefill of its own.
+#[test]
+fn samples_of_one_prompt_share_its_prefill_and_match_sampling_alone() {
+    for arch in ["llama", "gpt2", "gemma3"] {
+        let model = tiny_model(arch, 3, DType::F32).unwrap();
+        // Two prompts of different lengths (left padding), three samples each, and a prompt on its own.
+        let (p, q) = (vec![11u32, 12, 13, 14], vec![21u32, 22]);
+        let prompts = vec![p.clone(), p.clone(), p.clone(), q.clone(), q.clone(), vec![5, 6, 7]];
+        let params =
+            SampleParams { max_new_tokens: 9, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 4, stop_at_eos: false };
+        let lens = [9, 5, 7, 9, 3, 6];
+        let shared = generate(&model, &prompts, &params, Some(&lens), 8, 0, |_| {}).unwrap();
+        for (i, s) in shared.iter().enumerate() {
+            // Alone: a batch of one, with row i's RNG stream and length.
+            let alone = generate(&model, &prompts[i..=i], &params, Some(&lens[i..=i]), 1, i, |_| {}).unwrap();
+            assert_eq!(s.tokens, alone[0].tokens, "{arch} row {i}: sharing the prefill changed the sample");
+            for (a, b) in s.logprobs.iter().zip(&alone[0].logprobs) {
+                assert!((a - b).abs() < 1e-5, "{arch} row {i}: log-prob {a} shared vs {b} alone");
+            }
+        }
+        // The rows of one prompt drew different samples (their own RNG streams).
+        assert_ne!(shared[0].tokens, shared[1].tokens, "{arch}");
+    }
+}
+
+/// The log-prob a sample carries (temperature 1, no filters) is what scoring the same tokens gives, whatever
+/// temperature it was sampled at: acquisition reads the policy's log-probs off its samples instead of
+/// scoring them again.
+#[test]
+fn a_samples_log_probs_are_its_scored_log_probs() {
+    let model = tiny_model("llama", 8, DType::F32).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5, 6], vec![3, 4, 5, 6], vec![9, 10]];
+    let params =
+        SampleParams { max_new_tokens: 10, temperature: 0.7, top_k: 0, top_p: 1.0, seed: 1, stop_at_eos: true };
+    let samples = generate(&model, &prompts, &params, None, 4, 0, |_| {}).unwrap();
+    let items: Vec<(Vec<u32>, Vec<u32>)> =
+        prompts.iter().zip(&samples).map(|(p, s)| (p.clone(), s.tokens.clone())).collect();
+    let scored = lm::score::score_all(&model, &items, 4, |_| {}).unwrap();
+    for (s, (sum, n)) in samples.iter().zip(&scored) {
+        assert_eq!(*n, s.tokens.len());
+        assert!((s.sum_logprob() - sum).abs() < 1e-4, "sampled {} vs scored {sum}", s.sum_logprob());
+    }
+}

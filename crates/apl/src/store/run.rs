@@ -133,6 +133,21 @@ impl Store {
         Ok(n.map(|n| n as usize + 1).unwrap_or(0))
     }
 
+    /// The `need` of every stored acquisition, in the order they were made: how far the run's pass over the
+    /// prompt pool has got (`ActiveConfig::draw_size` of each).
+    pub fn acquisition_needs(&self) -> Result<Vec<usize>> {
+        let mut st = self.conn.prepare("SELECT need FROM acquisitions ORDER BY round, attempt")?;
+        let rows = st.query_map([], |r| r.get::<_, i64>(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<i64>>>()?.into_iter().map(|n| n as usize).collect())
+    }
+
+    /// The prompt of every candidate a round scored, in order (what its acquisitions drew and kept).
+    pub fn candidate_prompts(&self, round: usize) -> Result<Vec<i64>> {
+        let mut st = self.conn.prepare("SELECT prompt_id FROM candidates WHERE round = ?1 ORDER BY id")?;
+        let rows = st.query_map([round as i64], |r| r.get::<_, i64>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Stores one acquisition (all scored candidates, the selected ones becoming queries) atomically.
     pub fn insert_acquisition(
         &mut self,
