@@ -31,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the active preference learning loop (resumable: the same command continues a killed run).
-    /// With no arguments: the CPU demo job (about 10 minutes on 2 cores).
+    /// With no arguments: the CPU demo job (about 7 minutes on 2 cores).
     Run(run::RunArgs),
     /// Compare acquisition strategies over several seeds: the paper's table and a plot.
     Experiment(run::ExperimentArgs),
