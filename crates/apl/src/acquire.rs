@@ -363,17 +363,14 @@ fn score_pairs(
     batch: usize,
     progress: Progress,
 ) -> Result<(Vec<Pair>, Vec<Pair>)> {
-    let rows: Vec<usize> = match (only, &sampled) {
-        (Some(o), Some(_)) => o.iter().flat_map(|&i| [2 * i, 2 * i + 1]).collect(),
-        _ => (0..pairs.len()).collect(),
+    // The completions the reference scores, and what the others start from.
+    let (rows, mut reference): (Vec<usize>, Vec<f64>) = match (only, &sampled) {
+        (Some(o), Some(s)) => (o.iter().flat_map(|&i| [2 * i, 2 * i + 1]).collect(), s.clone()),
+        _ => ((0..pairs.len()).collect(), vec![0.0; pairs.len()]),
     };
     let items: Vec<(Vec<u32>, Vec<u32>)> =
         rows.iter().map(|&j| (prompts[j / 2].tokens.clone(), pairs[j].clone())).collect();
     let scored = logps(models.reference, &items, batch, &mut |d, t| progress("scoring (reference)", d, t))?;
-    let mut reference = match (only, &sampled) {
-        (Some(_), Some(s)) => s.clone(),
-        _ => vec![0.0; pairs.len()],
-    };
     for (&j, x) in rows.iter().zip(scored) {
         reference[j] = x;
     }

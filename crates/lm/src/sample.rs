@@ -202,6 +202,7 @@ fn generate_batch(
     if max_steps == 0 {
         return Ok(samples);
     }
+    // One RNG per row still generating, aligned with `active` (dropped with its row, like the cache).
     let mut rngs: Vec<StdRng> = (0..b).map(|i| row_rng(params.seed, first_index + i)).collect();
     let pad = model.tokenizer.pad_token_id;
     // Samples of the same prompt share its prefill: the prompt goes through the model once and its KV
@@ -235,18 +236,9 @@ fn generate_batch(
         }
         ctx.start += t;
         // Draw every row's token in parallel (a pass over the vocabulary per row): each row has its own RNG,
-        // so the draws do not depend on the threads. `active` is increasing, so its RNGs come in order.
-        let picks: Vec<(u32, f32)> = {
-            let mut live: Vec<&mut StdRng> = Vec::with_capacity(active.len());
-            let mut next_active = active.iter().peekable();
-            for (si, rng) in rngs.iter_mut().enumerate() {
-                if next_active.peek() == Some(&&si) {
-                    next_active.next();
-                    live.push(rng);
-                }
-            }
-            rows.par_iter().zip(live.into_par_iter()).map(|(row, rng)| sample_with_logprob(row, params, rng)).collect()
-        };
+        // so the draws do not depend on the threads.
+        let picks: Vec<(u32, f32)> =
+            rows.par_iter().zip(rngs.par_iter_mut()).map(|(row, rng)| sample_with_logprob(row, params, rng)).collect();
         let mut next = Vec::with_capacity(active.len());
         let mut keep = Vec::with_capacity(active.len());
         for (r, &si) in active.iter().enumerate() {
@@ -270,6 +262,7 @@ fn generate_batch(
             cache.select_rows(&keep_t)?;
             ctx.left_pad = keep.iter().map(|&r| ctx.left_pad[r as usize]).collect();
             active = keep.iter().map(|&r| active[r as usize]).collect();
+            rngs = keep.iter().map(|&r| rngs[r as usize].clone()).collect();
         }
         input = Tensor::from_vec(next, (active.len(), 1), &dev)?;
     }
