@@ -7,7 +7,8 @@
 //! drop gradients). When nothing tracks gradients (sampling, scoring, evaluation) they run candle-nn's
 //! fused kernels, so inference is exactly what it was. Tests check that every path gives the same numbers.
 
-use crate::kernels::to_candle;
+use crate::kernels::linear::x_wt;
+use crate::kernels::{to_candle, with_slice};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 /// Whether an op over these tensors must use the differentiable primitives: some input is in a graph,
@@ -66,6 +67,8 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?; // (rows, in)
         let y = if Self::frozen_path(x, &w) {
             x2.contiguous()?.apply_op1(FrozenMatmul { w: w.detach() })?
+        } else if Self::inference_path(x, &w) {
+            x_wt_tensor(&x2.contiguous()?, &w).map_err(to_candle)?
         } else {
             x2.matmul(&w.t()?)?
         }; // (rows, out)
@@ -114,18 +117,18 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let Some((start, end)) = l.contiguous_offsets() else {
             candle_core::bail!("frozen-matmul needs a contiguous input")
         };
-        let x = match s {
-            CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], (rows, inp), &candle_core::Device::Cpu)?,
-            CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], (rows, inp), &candle_core::Device::Cpu)?,
+        let out = self.w.dim(0)?;
+        let w = self.w.contiguous()?;
+        let y = match s {
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(with_slice(&w, |w| Ok(x_wt(&v[start..end], rows, inp, w, out))).map_err(to_candle)?)
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(with_slice(&w, |w| Ok(x_wt(&v[start..end], rows, inp, w, out))).map_err(to_candle)?)
+            }
             _ => candle_core::bail!("frozen-matmul supports f32 and f64"),
         };
-        let y = x.matmul(&self.w.t()?)?; // (rows, out)
-        let shape = y.shape().clone();
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(y.flatten_all()?.to_vec1()?),
-            _ => CpuStorage::F64(y.flatten_all()?.to_vec1()?),
-        };
-        Ok((out, shape))
+        Ok((y, (rows, out).into()))
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -133,7 +136,36 @@ impl candle_core::CustomOp1 for FrozenMatmul {
     }
 }
 
+/// `x Wᵀ` for a contiguous `x` `(rows, in)` and `W` `(out, in)` on the CPU, through [`x_wt`].
+fn x_wt_tensor(x: &Tensor, w: &Tensor) -> anyhow::Result<Tensor> {
+    let (rows, inp) = x.dims2()?;
+    let out = w.dim(0)?;
+    let w = w.contiguous()?;
+    let y = match x.dtype() {
+        DType::F32 => Tensor::from_vec(
+            with_slice::<f32, _>(x, |x| with_slice(&w, |w| Ok(x_wt(x, rows, inp, w, out))))?,
+            (rows, out),
+            x.device(),
+        )?,
+        _ => Tensor::from_vec(
+            with_slice::<f64, _>(x, |x| with_slice(&w, |w| Ok(x_wt(x, rows, inp, w, out))))?,
+            (rows, out),
+            x.device(),
+        )?,
+    };
+    Ok(y)
+}
+
 impl Linear {
+    /// Whether `x Wᵀ` runs outside any graph on the CPU, where [`x_wt`] splits it across threads.
+    fn inference_path(x: &Tensor, w: &Tensor) -> bool {
+        !x.track_op()
+            && !w.track_op()
+            && x.device().is_cpu()
+            && w.dtype() == x.dtype()
+            && matches!(x.dtype(), DType::F32 | DType::F64)
+    }
+
     /// Whether `x Wᵀ` should skip the weight's gradient: the input is in a graph, the weight is frozen.
     fn frozen_path(x: &Tensor, w: &Tensor) -> bool {
         x.track_op()

@@ -143,8 +143,7 @@ fn gemm<T: Float>(
 
 /// One chunk's logits `z = H Wᵀ` `(rows, V)`, soft-capped if asked.
 fn logits<T: Float>(z: &mut [T], h: &[T], w: &[T], rows: usize, v: usize, d: usize, softcap: Option<f64>) {
-    // Wᵀ as a (d, V) operand: element (k, j) is w[j·d + k].
-    gemm(z, (rows, v, d), h, (d, 1), w, (1, d), false);
+    super::linear::x_wt_into(z, h, rows, d, w, v);
     if let Some(c) = softcap {
         let c = T::from(c).unwrap();
         z.par_chunks_mut(v).for_each(|row| row.iter_mut().for_each(|x| *x = (*x / c).tanh() * c));

@@ -6,6 +6,7 @@
 //! what the backward needs.
 
 pub mod head;
+pub mod linear;
 pub mod norm;
 pub mod rope;
 
