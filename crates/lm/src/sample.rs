@@ -82,6 +82,21 @@ pub fn sample_token(logits: &[f32], p: &SampleParams, rng: &mut StdRng) -> u32 {
         return argmax(logits);
     }
     let t = p.temperature as f32;
+    if (p.top_k == 0 || p.top_k >= logits.len()) && p.top_p >= 1.0 {
+        // No filter: the arithmetic of the general path below, in the same order (so the same draw), without
+        // its two vectors of (index, weight) over the whole vocabulary.
+        let max = logits.iter().map(|&l| l / t).fold(f32::NEG_INFINITY, f32::max);
+        let w: Vec<f64> = logits.iter().map(|&l| ((l / t - max) as f64).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let mut u = rng.random::<f64>() * total;
+        for (i, &x) in w.iter().enumerate() {
+            if u < x {
+                return i as u32;
+            }
+            u -= x;
+        }
+        return logits.len().saturating_sub(1) as u32;
+    }
     let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l / t)).collect();
     if p.top_k > 0 && p.top_k < cand.len() {
         cand.select_nth_unstable_by(p.top_k - 1, |a, b| b.1.total_cmp(&a.1));

@@ -7,7 +7,7 @@
 //! drop gradients). When nothing tracks gradients (sampling, scoring, evaluation) they run candle-nn's
 //! fused kernels, so inference is exactly what it was. Tests check that every path gives the same numbers.
 
-use crate::kernels::linear::x_wt;
+use crate::kernels::linear::{x_w, x_wt};
 use crate::kernels::{to_candle, with_slice};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
@@ -132,7 +132,14 @@ impl candle_core::CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.matmul(&self.w)?)) // (rows, out) @ (out, in)
+        let (rows, out) = grad.dims2()?;
+        let inp = self.w.dim(1)?;
+        let (g, w) = (grad.contiguous()?, self.w.contiguous()?);
+        let dx = match grad.dtype() {
+            DType::F32 => with_slice::<f32, _>(&g, |g| with_slice(&w, |w| Ok(Tensor::from_vec(x_w(g, rows, out, w, inp), (rows, inp), grad.device())?))),
+            _ => with_slice::<f64, _>(&g, |g| with_slice(&w, |w| Ok(Tensor::from_vec(x_w(g, rows, out, w, inp), (rows, inp), grad.device())?))),
+        };
+        Ok(Some(dx.map_err(to_candle)?)) // (rows, out) @ (out, in)
     }
 }
 

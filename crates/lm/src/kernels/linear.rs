@@ -27,36 +27,53 @@ pub(crate) fn x_wt<T: Float>(x: &[T], rows: usize, inp: usize, w: &[T], out: usi
 
 /// [`x_wt`] into `y`, which it overwrites.
 pub(crate) fn x_wt_into<T: Float>(y: &mut [T], x: &[T], rows: usize, inp: usize, w: &[T], out: usize) {
-    assert_eq!(x.len(), rows * inp, "x_wt: x holds {} elements, not {rows} × {inp}", x.len());
     assert_eq!(w.len(), out * inp, "x_wt: w holds {} elements, not {out} × {inp}", w.len());
-    assert_eq!(y.len(), rows * out, "x_wt: y holds {} elements, not {rows} × {out}", y.len());
-    if rows == 0 || out == 0 {
+    // Wᵀ as an (inp × out) operand: element (k, j) is w[j·inp + k].
+    split_gemm(y, x, rows, inp, w, (1, inp), out);
+}
+
+/// `y (rows × inp) = g (rows × out) · W`, `w` holding `W` row-major `(out, inp)`: the input's gradient of
+/// `x Wᵀ`, split the same way (each thread a block of `W`'s columns).
+pub(crate) fn x_w<T: Float>(g: &[T], rows: usize, out: usize, w: &[T], inp: usize) -> Vec<T> {
+    assert_eq!(w.len(), out * inp, "x_w: w holds {} elements, not {out} × {inp}", w.len());
+    let mut y = vec![T::zero(); rows * inp];
+    split_gemm(&mut y, g, rows, out, w, (inp, 1), inp);
+    y
+}
+
+/// `y (rows × n) = x (rows × k) · B (k × n)`, `B`'s element `(i, j)` at `b[i·b_rs + j·b_cs]`, its columns
+/// split into one block per thread.
+fn split_gemm<T: Float>(y: &mut [T], x: &[T], rows: usize, k: usize, b: &[T], (b_rs, b_cs): (usize, usize), n: usize) {
+    assert_eq!(x.len(), rows * k, "x holds {} elements, not {rows} × {k}", x.len());
+    assert_eq!(y.len(), rows * n, "y holds {} elements, not {rows} × {n}", y.len());
+    if rows == 0 || n == 0 {
         return;
     }
+    assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "B's strides reach past its {} elements", b.len());
     let threads = candle_core::utils::get_num_threads().max(1);
-    let blocks = if rows * inp * out < PAR_MIN_WORK { 1 } else { threads };
-    let per = out.div_ceil(blocks).next_multiple_of(ALIGN).min(out);
-    let starts: Vec<usize> = (0..out).step_by(per).collect();
+    let blocks = if rows * k * n < PAR_MIN_WORK { 1 } else { threads };
+    let per = n.div_ceil(blocks).next_multiple_of(ALIGN).min(n);
+    let starts: Vec<usize> = (0..n).step_by(per).collect();
     let y_addr = y.as_mut_ptr() as usize;
-    let run = |&o0: &usize| {
-        let n = per.min(out - o0);
-        // SAFETY: block `o0` writes only columns o0..o0+n of each row of `y`, disjoint from every other block's;
-        // `y` outlives the parallel loop. The strides keep every read inside `x` and rows o0..o0+n of `w`.
+    let run = |&j0: &usize| {
+        let nb = per.min(n - j0);
+        // SAFETY: block `j0` writes only columns j0..j0+nb of each row of `y`, disjoint from every other
+        // block's; `y` outlives the parallel loop. The asserts keep every read inside `x` and `b`.
         unsafe {
             gemm::gemm(
                 rows,
-                n,
-                inp,
-                (y_addr as *mut T).add(o0),
+                nb,
+                k,
+                (y_addr as *mut T).add(j0),
                 1,
-                out as isize,
+                n as isize,
                 false,
                 x.as_ptr(),
                 1,
-                inp as isize,
-                w.as_ptr().add(o0 * inp),
-                inp as isize,
-                1,
+                k as isize,
+                b.as_ptr().add(j0 * b_cs),
+                b_cs as isize,
+                b_rs as isize,
                 T::zero(),
                 T::one(),
                 false,
@@ -97,6 +114,14 @@ mod tests {
             let want = naive(&x, rows, inp, &w, out);
             for (g, e) in got.iter().zip(&want) {
                 assert!((g - e).abs() <= 1e-9 * (1.0 + e.abs()), "{rows}×{inp}·({out}×{inp})ᵀ: {g} vs {e}");
+            }
+            // g · W with g (rows × out): the same product as g · (Wᵀ)ᵀ.
+            let g: Vec<f64> = (0..rows * out).map(|i| ((i * 29 % 89) as f64 - 44.0) / 13.0).collect();
+            let wt: Vec<f64> = (0..inp * out).map(|i| w[(i % out) * inp + i / out]).collect(); // (inp, out)
+            let got = x_w(&g, rows, out, &w, inp);
+            let want = naive(&g, rows, out, &wt, inp);
+            for (a, e) in got.iter().zip(&want) {
+                assert!((a - e).abs() <= 1e-9 * (1.0 + e.abs()), "{rows}×{out}·({out}×{inp}): {a} vs {e}");
             }
         }
     }
