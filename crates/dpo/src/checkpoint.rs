@@ -166,17 +166,19 @@ pub(crate) fn set_vars(vars: &[(String, Var)], tensors: &HashMap<String, Tensor>
     Ok(())
 }
 
-/// The trained model as an HF directory in `out/final` (adapters merged), loadable by `generate`, with the
-/// PEFT adapter beside it for LoRA.
+/// The trained model as an HF directory in `out/final` (adapters merged), loadable by `generate`, and for
+/// LoRA the PEFT adapter alone in `out/adapter`. Not beside the merged weights: transformers with PEFT installed
+/// applies an `adapter_config.json` it finds in a model directory, which would add the adapter a second time.
 pub(crate) fn save_final_model(
     out: &Path,
     policy: &LanguageModel,
     vars: &[(String, Var)],
     lora: Option<&LoraConfig>,
 ) -> Result<()> {
-    let dir = out.join("final");
-    policy.with_params(policy.merged_params()?)?.save(&dir)?;
+    policy.with_params(policy.merged_params()?)?.save(&out.join("final"))?;
     if let Some(l) = lora {
+        let dir = out.join("adapter");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         save_adapter(&dir, policy, vars, l)?;
     }
     Ok(())

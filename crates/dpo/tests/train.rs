@@ -117,7 +117,10 @@ fn lora_trains_adapters_and_leaves_the_base_untouched() {
     };
     assert!(diff("model.layers.0.self_attn.q_proj.weight") > 0.0);
     assert_eq!(diff("model.layers.0.self_attn.k_proj.weight"), 0.0);
-    assert!(out.path().join("final/adapter_model.safetensors").exists());
+    // The adapter has a directory of its own; the merged model's holds no adapter for PEFT to apply again.
+    assert!(out.path().join("adapter/adapter_model.safetensors").exists());
+    assert!(out.path().join("adapter/adapter_config.json").exists());
+    assert!(!out.path().join("final/adapter_config.json").exists());
 }
 
 fn trained_weights(t: &Trainer) -> Vec<(String, Vec<f32>)> {

@@ -136,8 +136,12 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let inp = self.w.dim(1)?;
         let (g, w) = (grad.contiguous()?, self.w.contiguous()?);
         let dx = match grad.dtype() {
-            DType::F32 => with_slice::<f32, _>(&g, |g| with_slice(&w, |w| Ok(Tensor::from_vec(x_w(g, rows, out, w, inp), (rows, inp), grad.device())?))),
-            _ => with_slice::<f64, _>(&g, |g| with_slice(&w, |w| Ok(Tensor::from_vec(x_w(g, rows, out, w, inp), (rows, inp), grad.device())?))),
+            DType::F32 => with_slice::<f32, _>(&g, |g| {
+                with_slice(&w, |w| Ok(Tensor::from_vec(x_w(g, rows, out, w, inp), (rows, inp), grad.device())?))
+            }),
+            _ => with_slice::<f64, _>(&g, |g| {
+                with_slice(&w, |w| Ok(Tensor::from_vec(x_w(g, rows, out, w, inp), (rows, inp), grad.device())?))
+            }),
         };
         Ok(Some(dx.map_err(to_candle)?)) // (rows, out) @ (out, in)
     }
