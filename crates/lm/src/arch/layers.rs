@@ -68,7 +68,7 @@ impl Linear {
         let y = if Self::frozen_path(x, &w) {
             x2.contiguous()?.apply_op1(FrozenMatmul { w: w.detach() })?
         } else if Self::inference_path(x, &w) {
-            x_wt_tensor(&x2.contiguous()?, &w).map_err(to_candle)?
+            cpu_product(&x2, &w, true).map_err(to_candle)?
         } else {
             x2.matmul(&w.t()?)?
         }; // (rows, out)
@@ -132,37 +132,30 @@ impl candle_core::CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (rows, out) = grad.dims2()?;
-        let inp = self.w.dim(1)?;
-        let (g, w) = (grad.contiguous()?, self.w.contiguous()?);
-        let dx = match grad.dtype() {
-            DType::F32 => with_slice::<f32, _>(&g, |g| {
-                with_slice(&w, |w| Ok(Tensor::from_vec(x_w(g, rows, out, w, inp), (rows, inp), grad.device())?))
-            }),
-            _ => with_slice::<f64, _>(&g, |g| {
-                with_slice(&w, |w| Ok(Tensor::from_vec(x_w(g, rows, out, w, inp), (rows, inp), grad.device())?))
-            }),
-        };
-        Ok(Some(dx.map_err(to_candle)?)) // (rows, out) @ (out, in)
+        Ok(Some(cpu_product(grad, &self.w, false).map_err(to_candle)?)) // (rows, out) @ (out, in)
     }
 }
 
-/// `x Wᵀ` for a contiguous `x` `(rows, in)` and `W` `(out, in)` on the CPU, through [`x_wt`].
-fn x_wt_tensor(x: &Tensor, w: &Tensor) -> anyhow::Result<Tensor> {
-    let (rows, inp) = x.dims2()?;
-    let out = w.dim(0)?;
-    let w = w.contiguous()?;
-    let y = match x.dtype() {
-        DType::F32 => Tensor::from_vec(
-            with_slice::<f32, _>(x, |x| with_slice(&w, |w| Ok(x_wt(x, rows, inp, w, out))))?,
-            (rows, out),
-            x.device(),
-        )?,
-        _ => Tensor::from_vec(
-            with_slice::<f64, _>(x, |x| with_slice(&w, |w| Ok(x_wt(x, rows, inp, w, out))))?,
-            (rows, out),
-            x.device(),
-        )?,
+/// `a Wᵀ` (`transposed`, `a` `(rows, in)`) or `a W` (`a` `(rows, out)`) for `W` `(out, in)` on the CPU, through
+/// [`x_wt`] / [`x_w`].
+fn cpu_product(a: &Tensor, w: &Tensor, transposed: bool) -> anyhow::Result<Tensor> {
+    let (rows, k) = a.dims2()?;
+    let (out, inp) = w.dims2()?;
+    let n = if transposed { out } else { inp };
+    let (a, w) = (a.contiguous()?, w.contiguous()?);
+    fn run<T: crate::kernels::Float>(
+        a: &Tensor,
+        w: &Tensor,
+        rows: usize,
+        k: usize,
+        n: usize,
+        t: bool,
+    ) -> anyhow::Result<Vec<T>> {
+        with_slice::<T, _>(a, |a| with_slice(w, |w| Ok(if t { x_wt(a, rows, k, w, n) } else { x_w(a, rows, k, w, n) })))
+    }
+    let y = match a.dtype() {
+        DType::F32 => Tensor::from_vec(run::<f32>(&a, &w, rows, k, n, transposed)?, (rows, n), a.device())?,
+        _ => Tensor::from_vec(run::<f64>(&a, &w, rows, k, n, transposed)?, (rows, n), a.device())?,
     };
     Ok(y)
 }
@@ -170,20 +163,17 @@ fn x_wt_tensor(x: &Tensor, w: &Tensor) -> anyhow::Result<Tensor> {
 impl Linear {
     /// Whether `x Wᵀ` runs outside any graph on the CPU, where [`x_wt`] splits it across threads.
     fn inference_path(x: &Tensor, w: &Tensor) -> bool {
-        !x.track_op()
-            && !w.track_op()
-            && x.device().is_cpu()
-            && w.dtype() == x.dtype()
-            && matches!(x.dtype(), DType::F32 | DType::F64)
+        !x.track_op() && !w.track_op() && Self::cpu_kernel(x, w)
+    }
+
+    /// Whether the CPU kernels of [`cpu_product`] take `x` and `w`: both on the CPU in the same f32 or f64.
+    fn cpu_kernel(x: &Tensor, w: &Tensor) -> bool {
+        x.device().is_cpu() && w.dtype() == x.dtype() && matches!(x.dtype(), DType::F32 | DType::F64)
     }
 
     /// Whether `x Wᵀ` should skip the weight's gradient: the input is in a graph, the weight is frozen.
     fn frozen_path(x: &Tensor, w: &Tensor) -> bool {
-        x.track_op()
-            && !w.track_op()
-            && x.device().is_cpu()
-            && w.dtype() == x.dtype()
-            && matches!(x.dtype(), DType::F32 | DType::F64)
+        x.track_op() && !w.track_op() && Self::cpu_kernel(x, w)
     }
 
     fn plain_with_bias(&self, x: &Tensor) -> Result<Tensor> {
