@@ -184,15 +184,26 @@ pub(crate) fn save_final_model(
     Ok(())
 }
 
-/// PEFT-style LoRA adapter files in `dir`: `adapter_model.safetensors` (the trainable `vars` under PEFT's
-/// `base_model.model.` prefix) and `adapter_config.json`.
+/// PEFT's LoRA adapter files in `dir`, as PEFT's `save_pretrained` writes them and `lm::adapter`, PEFT and
+/// vLLM read them: `adapter_model.safetensors` (the trainable `vars` under PEFT's `base_model.model.` prefix and
+/// the HF module path, which for GPT-2 starts with `transformer.`) and `adapter_config.json` (`target_modules`
+/// as the modules' last names, one `r`/`lora_alpha` for all, no patterns: vLLM ignores `rank_pattern`).
 pub(crate) fn save_adapter(dir: &Path, policy: &LanguageModel, vars: &[(String, Var)], l: &LoraConfig) -> Result<()> {
+    let gpt2 = policy.config.arch == lm::Arch::Gpt2;
+    let prefix = if gpt2 { "base_model.model.transformer." } else { "base_model.model." };
     let t: HashMap<String, Tensor> =
-        vars.iter().map(|(n, v)| (format!("base_model.model.{n}"), v.as_tensor().detach())).collect();
+        vars.iter().map(|(n, v)| (format!("{prefix}{n}"), v.as_tensor().detach())).collect();
     candle_core::safetensors::save(&t, dir.join("adapter_model.safetensors"))?;
-    let modules: Vec<String> = policy.lora_targets(&l.target_modules);
-    let cfg = json!({"peft_type": "LORA", "r": l.r, "lora_alpha": l.alpha, "target_modules": modules,
-        "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"});
+    let mut modules: Vec<String> = policy
+        .lora_targets(&l.target_modules)
+        .iter()
+        .filter_map(|stem| stem.rsplit('.').next().map(str::to_string))
+        .collect();
+    modules.sort();
+    modules.dedup();
+    let cfg = json!({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": l.r, "lora_alpha": l.alpha,
+        "target_modules": modules, "lora_dropout": 0.0, "bias": "none", "use_rslora": false, "use_dora": false,
+        "modules_to_save": null, "fan_in_fan_out": gpt2, "rank_pattern": {}, "alpha_pattern": {}});
     std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg)?)?;
     Ok(())
 }

@@ -121,6 +121,54 @@ fn lora_trains_adapters_and_leaves_the_base_untouched() {
     assert!(out.path().join("adapter/adapter_model.safetensors").exists());
     assert!(out.path().join("adapter/adapter_config.json").exists());
     assert!(!out.path().join("final/adapter_config.json").exists());
+    // The adapter, applied to the base as PEFT's files are, gives the merged model.
+    let base_model = tiny_model("qwen2", 2, DType::F32).unwrap();
+    let applied = lm::adapter::apply(&base_model, &out.path().join("adapter")).unwrap();
+    let ids = Tensor::new(&[[3u32, 40, 7, 99, 12]], &candle_core::Device::Cpu).unwrap();
+    let gap: f32 = (applied.forward(&ids).unwrap() - merged.forward(&ids).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(gap < 1e-5, "adapter applied vs merged export: {gap}");
+}
+
+#[test]
+fn a_gpt2_adapter_export_reads_back_as_the_merged_model() {
+    // GPT-2's HF module paths start with `transformer.` and its Conv1D weights are stored transposed.
+    let out = tempfile::tempdir().unwrap();
+    let model = tiny_model("gpt2", 5, DType::F32).unwrap();
+    let c = TrainConfig {
+        lora: Some(LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] }),
+        epochs: 1,
+        ..cfg()
+    };
+    let mut t = Trainer::new(c, model, synthetic(16, 3), vec![], out.path(), |_, _, _| {}).unwrap();
+    t.run(|_| {}).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter/adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["fan_in_fan_out"], true);
+    assert_eq!(cfg["target_modules"], serde_json::json!(["c_attn", "c_fc", "c_proj"]));
+    let keys =
+        candle_core::safetensors::load(out.path().join("adapter/adapter_model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(keys.contains_key("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight"), "{:?}", keys.keys());
+    let merged = lm::LanguageModel::load(&out.path().join("final"), &candle_core::Device::Cpu, DType::F32).unwrap();
+    let applied = lm::adapter::apply(&tiny_model("gpt2", 5, DType::F32).unwrap(), &out.path().join("adapter")).unwrap();
+    let ids = Tensor::new(&[[3u32, 40, 7, 99, 12]], &candle_core::Device::Cpu).unwrap();
+    let gap: f32 = (applied.forward(&ids).unwrap() - merged.forward(&ids).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(gap < 1e-5, "adapter applied vs merged export: {gap}");
 }
 
 fn trained_weights(t: &Trainer) -> Vec<(String, Vec<f32>)> {

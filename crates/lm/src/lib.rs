@@ -2,6 +2,7 @@
 //! own differentiable model code on candle, with batched KV-cache sampling and completion scoring.
 //! It knows nothing about preferences; the trainer and the active loop build on it.
 
+pub mod adapter;
 pub mod arch;
 pub mod config;
 pub mod kernels;
