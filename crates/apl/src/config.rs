@@ -17,6 +17,9 @@ pub struct ActiveConfig {
     pub seed: u64,
     /// Policy model (GGUF file or HF directory); empty = the SmolLM2-135M GGUF from `assets fetch`.
     pub model: String,
+    /// A PEFT LoRA adapter directory merged into `model` to make the starting policy (and the reference);
+    /// empty = none.
+    pub adapter: String,
     pub prompts: PromptConfig,
     pub generation: GenerationConfig,
     pub acquisition: AcquisitionConfig,
@@ -235,6 +238,7 @@ impl Default for ActiveConfig {
         Self {
             seed: 0,
             model: String::new(),
+            adapter: String::new(),
             prompts: PromptConfig::default(),
             generation: GenerationConfig::default(),
             acquisition: AcquisitionConfig::default(),

@@ -110,6 +110,10 @@ pub struct ModelArgs {
     /// [default: the SmolLM2-135M-Instruct GGUF fetched by `activepref assets fetch`]
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors, as TRL, PEFT and
+    /// `activepref dpo --lora` write it) merged into the model once it is loaded
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// cpu or cuda (cuda needs a build with `--features cuda`)
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -143,9 +147,18 @@ impl ModelArgs {
         let dev = self.device()?;
         let spinner = spinner(&format!("loading {}", path.display()));
         let m = LanguageModel::load(&path, &dev, DType::F32)?;
+        let m = match &self.adapter {
+            None => m,
+            Some(dir) => {
+                let a = lm::adapter::Adapter::read(dir, &m).with_context(|| format!("--adapter {}", dir.display()))?;
+                spinner.set_message(format!("merging {} ({} modules)", dir.display(), a.num_modules()));
+                a.merge_into(&m)?
+            }
+        };
         spinner.finish_and_clear();
+        let with = self.adapter.as_ref().map(|d| format!(" with adapter {}", d.display())).unwrap_or_default();
         eprintln!(
-            "loaded {} ({}, {} layers, {:.1}M parameters) on {}",
+            "loaded {}{with} ({}, {} layers, {:.1}M parameters) on {}",
             path.display(),
             m.config.model_type,
             m.config.num_layers,

@@ -132,6 +132,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(m) = &a.model.model {
         cfg.model = m.display().to_string();
     }
+    if let Some(d) = &a.model.adapter {
+        cfg.adapter = d.display().to_string();
+    }
     cfg.validate()?;
     if a.print_config {
         print!("{}", cfg.to_toml());
@@ -156,16 +159,25 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// A run's starting model: `--model` if given, else the config's `model`, else the fetched default.
+/// A run's starting model: `--model` if given, else the config's `model`, else the fetched default; with
+/// `--adapter` or else the config's `adapter` merged into it.
 pub fn load_model(cfg: &ActiveConfig, m: &ModelArgs) -> Result<lm::LanguageModel> {
-    let from_config = (!cfg.model.is_empty()).then(|| PathBuf::from(&cfg.model));
-    ModelArgs { model: m.model.clone().or(from_config), device: m.device.clone() }.load()
+    let from_config = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+    ModelArgs {
+        model: m.model.clone().or(from_config(&cfg.model)),
+        adapter: m.adapter.clone().or(from_config(&cfg.adapter)),
+        device: m.device.clone(),
+    }
+    .load()
 }
 
 pub fn experiment(a: ExperimentArgs) -> Result<()> {
     let mut cfg = load_config(a.config.as_deref())?;
     if let Some(m) = &a.model.model {
         cfg.model = m.display().to_string();
+    }
+    if let Some(d) = &a.model.adapter {
+        cfg.adapter = d.display().to_string();
     }
     let strategies: Vec<Strategy> =
         a.strategies.split(',').filter(|s| !s.trim().is_empty()).map(Strategy::parse).collect::<Result<_>>()?;

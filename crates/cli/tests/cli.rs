@@ -433,3 +433,89 @@ fn serve_refuses_a_public_model_without_a_key_and_an_empty_key() {
         &["ACTIVEPREF_TEST_EMPTY_KEY", "empty"],
     );
 }
+
+/// A PEFT adapter made by PEFT 0.18.1 for `tiny_model("llama", 7)` (crates/lm/tests/fixtures/peft).
+fn peft_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../lm/tests/fixtures/peft").join(name)
+}
+
+#[test]
+fn adapter_is_merged_into_the_model_for_score_and_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let m = tiny_model("llama", 7, DType::F32).unwrap();
+    m.save(&base).unwrap();
+    let input = tmp.path().join("pairs.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"The film\", \"completion\": \" was great\"}\n").unwrap();
+    let adapter = peft_fixture("llama-list");
+    let score = |extra: &[&str]| -> f64 {
+        let mut args = vec!["score", "--model", base.to_str().unwrap(), "--input", input.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap()).unwrap()["logp_sum"].as_f64().unwrap()
+    };
+    let plain = score(&[]);
+    let adapted = score(&["--adapter", adapter.to_str().unwrap()]);
+    // What the library gives for the adapted model, in process.
+    let merged = lm::adapter::apply(&m, &adapter).unwrap();
+    let p = merged.tokenizer.encode("The film").unwrap();
+    let c = merged.tokenizer.encode_plain(" was great").unwrap();
+    let want = lm::score::score_all(&merged, &[(p, c)], 1, |_| {}).unwrap()[0].0;
+    assert!((adapted - want).abs() < 1e-4, "{adapted} vs {want}");
+    assert!((adapted - plain).abs() > 1e-3, "the adapter did not change the score: {plain} vs {adapted}");
+    // generate takes it too, onto a GGUF base as well.
+    let g = tiny_gguf(tmp.path());
+    let prompts = tmp.path().join("p.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"Hello\"}\n").unwrap();
+    let o = run(&[
+        "generate",
+        "--model",
+        g.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--max-new-tokens",
+        "4",
+    ]);
+    let (_, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("with adapter"), "{err}");
+}
+
+#[test]
+fn bad_adapters_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tiny_dir(tmp.path(), "llama");
+    let input = tmp.path().join("pairs.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"A\", \"completion\": \"b\"}\n").unwrap();
+    let score = |adapter: &Path, needles: &[&str]| {
+        fails_with(
+            &[
+                "score",
+                "--model",
+                base.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--adapter",
+                adapter.to_str().unwrap(),
+            ],
+            needles,
+        )
+    };
+    score(&tmp.path().join("missing"), &["--adapter", "not a directory"]);
+    // GPT-2's adapter onto a Llama base.
+    score(&peft_fixture("gpt2-all-linear"), &["adapter_model.safetensors", "c_attn", "not a linear layer"]);
+    // DoRA, refused by name.
+    let dora = tmp.path().join("dora");
+    std::fs::create_dir(&dora).unwrap();
+    let src = peft_fixture("llama-list");
+    std::fs::copy(src.join("adapter_model.safetensors"), dora.join("adapter_model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap()).unwrap();
+    cfg["use_dora"] = true.into();
+    std::fs::write(dora.join("adapter_config.json"), cfg.to_string()).unwrap();
+    score(&dora, &["adapter_config.json", "use_dora", "DoRA"]);
+}

@@ -202,6 +202,8 @@ fn pair_up(
     let linear: std::collections::BTreeSet<String> = model.lora_targets(&[]).into_iter().collect();
     let mut a_of: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut b_of: BTreeMap<String, Tensor> = BTreeMap::new();
+    // In name order, so that the first problem reported is the same every time.
+    let tensors: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     for (key, t) in tensors {
         let path = key.strip_prefix("base_model.model.").unwrap_or(&key);
         let (module, which) = if let Some(m) = path.strip_suffix(".lora_A.weight") {
