@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// time); more get a 429 with Retry-After, which OpenAI clients retry
     #[arg(long, value_name = "N", default_value_t = ::serve::openai::DEFAULT_MAX_WAITING)]
     pub max_waiting: usize,
+    /// With --openai: let clients load and unload PEFT LoRA adapters at run time (vLLM's
+    /// POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter), each served as a
+    /// model of its own. The server then reads directories that clients name, so it needs --api-key-env
+    #[arg(long)]
+    pub allow_lora_loading: bool,
+    /// With --allow-lora-loading: most adapters loaded at once (each holds a merged copy of the weights)
+    #[arg(long, value_name = "N", default_value_t = ::serve::openai::DEFAULT_MAX_ADAPTERS)]
+    pub max_loras: usize,
     /// With --openai: most tokens one /v1 request may ask the model to process, n × (prompt tokens +
     /// max_tokens) summed over its prompts; more get a 400
     #[arg(long, value_name = "N", default_value_t = ::serve::openai::DEFAULT_MAX_REQUEST_TOKENS)]
@@ -132,6 +140,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if a.run.is_none() && !a.openai {
         bail!("nothing to serve: give --run DIR (the labeling app over a run) and/or --openai (a model at /v1)");
     }
+    if a.allow_lora_loading && !a.openai {
+        bail!("--allow-lora-loading is about the /v1 API; add --openai");
+    }
     let addr = listen_addr(&a.addr, a.public)?;
     if a.openai && a.public && a.api_key_env.is_none() {
         bail!(
@@ -183,6 +194,15 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             }
             None => None,
         };
+        if a.allow_lora_loading && key.is_none() {
+            bail!(
+                "--allow-lora-loading lets clients make the server read adapter directories they name; it needs \
+                 --api-key-env VAR so that only holders of the key can"
+            );
+        }
+        if a.allow_lora_loading && a.max_loras == 0 {
+            bail!("--max-loras 0: at least one adapter must fit; give 1 or more");
+        }
         let path = match &a.model.model {
             Some(p) => p.clone(),
             None => crate::assets::default_model()?,
@@ -202,6 +222,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             }
         };
         let state = ::serve::openai::OpenAiState::new(model, model_id.clone())
+            .with_lora_loading(a.allow_lora_loading, a.max_loras)
             .with_api_key(key)
             .with_max_waiting(a.max_waiting)
             .with_max_request_tokens(a.max_request_tokens);

@@ -432,6 +432,12 @@ fn serve_refuses_a_public_model_without_a_key_and_an_empty_key() {
         &["serve", "--openai", "--addr", "127.0.0.1:0", "--api-key-env", "ACTIVEPREF_TEST_EMPTY_KEY"],
         &["ACTIVEPREF_TEST_EMPTY_KEY", "empty"],
     );
+    // Loading adapters makes the server read directories that clients name: only with a key.
+    fails_with(
+        &["serve", "--openai", "--allow-lora-loading", "--addr", "127.0.0.1:0"],
+        &["--allow-lora-loading", "--api-key-env"],
+    );
+    fails_with(&["serve", "--run", "x", "--allow-lora-loading"], &["--allow-lora-loading", "--openai"]);
 }
 
 /// A PEFT adapter made by PEFT 0.18.1 for `tiny_model("llama", 7)` (crates/lm/tests/fixtures/peft).

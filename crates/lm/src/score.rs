@@ -116,3 +116,95 @@ pub fn score_all(
     }
     Ok(out)
 }
+
+/// One token's log-probability under the model, at temperature 1 with no filtering (the raw `log_softmax`
+/// of the logits, vLLM's default `raw_logprobs`), with its rank and the most likely tokens at its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// 1 + how many tokens are more likely (1 = the most likely), as vLLM reports it.
+    pub rank: usize,
+    /// The `top` most likely tokens at this position, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Teacher-forced log-probs of whole sequences, without a graph: for every sequence `seqs[i]` and every
+/// position `t` from `from[i]` (at least 1: the first token has nothing to condition on) to its end, the
+/// log-prob of `seqs[i][t]` given `seqs[i][..t]`, with the `top` most likely tokens there. What a server
+/// returns as `prompt_logprobs` and as the log-probs of `echo`ed prompts, and (for a completion) the numbers
+/// [`completion_logprobs`] sums.
+///
+/// Sequences go through the model `batch_size` at a time (right-padded); the head runs over at most 512
+/// positions at once, so the `B × T × V` logits of a long sequence never exist together.
+pub fn token_logprobs(
+    model: &LanguageModel,
+    seqs: &[Vec<u32>],
+    from: &[usize],
+    top: usize,
+    batch_size: usize,
+) -> Result<Vec<Vec<TokenLogprob>>> {
+    if from.len() != seqs.len() {
+        bail!("{} start positions given for {} sequences", from.len(), seqs.len());
+    }
+    let dev = model.device().clone();
+    let vocab = model.config.vocab_size;
+    let mut out = Vec::with_capacity(seqs.len());
+    let bs = batch_size.max(1);
+    for (c, chunk) in seqs.chunks(bs).enumerate() {
+        let l = chunk.iter().map(Vec::len).max().unwrap_or(0);
+        if l > model.config.max_position {
+            bail!("a sequence of {l} tokens exceeds the model's context of {} positions", model.config.max_position);
+        }
+        if chunk.iter().any(|s| s.iter().any(|&t| t as usize >= vocab)) {
+            bail!("a token id is outside the model's vocabulary of {vocab}");
+        }
+        let b = chunk.len();
+        let pad = model.tokenizer.pad_token_id;
+        let mut ids = vec![pad; b * l];
+        for (i, s) in chunk.iter().enumerate() {
+            ids[i * l..i * l + s.len()].copy_from_slice(s);
+        }
+        let ids = Tensor::from_vec(ids, (b, l), &dev)?;
+        let h = model.hidden(&ids, &crate::Positions::fresh(b), None)?; // (B, T, d)
+        let step = (512 / b).max(1);
+        for (i, s) in chunk.iter().enumerate() {
+            let start = from[c * bs + i].max(1);
+            let mut row = Vec::with_capacity(s.len().saturating_sub(start));
+            // Position t is predicted by the hidden state at t - 1.
+            let mut t = start;
+            while t < s.len() {
+                let n = step.min(s.len() - t);
+                let hs = h.narrow(0, i, 1)?.narrow(1, t - 1, n)?; // (1, n, d)
+                let logits: Vec<Vec<f32>> = model.logits(&hs)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2()?; // (n, V)
+                for (k, lg) in logits.iter().enumerate() {
+                    row.push(position_logprob(lg, s[t + k], top));
+                }
+                t += n;
+            }
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+/// `log_softmax(logits)[token]` with its rank and the `top` best.
+fn position_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64 + logits.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln();
+    let lp = |x: f32| (x as f64 - lse) as f32;
+    let mine = logits[token as usize];
+    let rank = 1 + logits.iter().filter(|&&x| x > mine).count();
+    let mut best: Vec<(u32, f32)> = Vec::new();
+    if top > 0 {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = top.min(idx.len());
+        // Ties go to the smaller id, so the list does not depend on the sort.
+        let better = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+        idx.select_nth_unstable_by(k - 1, better);
+        idx.truncate(k);
+        idx.sort_by(better);
+        best = idx.into_iter().map(|t| (t, lp(logits[t as usize]))).collect();
+    }
+    TokenLogprob { token, logprob: lp(mine), rank, top: best }
+}

@@ -325,7 +325,8 @@ fn bad_requests_get_openai_errors() {
         ("stop", json!(["a", "b", "c", "d", "e"])),
         ("stream", json!("yes")),
         ("stream_options", json!({"include_usage": true})),
-        ("logprobs", json!(true)),
+        // Chat's `logprobs` is a boolean (the count is `top_logprobs`).
+        ("logprobs", json!(3)),
     ] {
         let mut body = json!({"model": MODEL_ID, "messages": user});
         body[field] = value;

@@ -4,8 +4,10 @@
 //! that request.
 
 use super::admission::Turn;
+use super::logprobs::{ChoiceLogprobs, LogprobRequest};
 use super::request::{no_room, SamplingRequest};
 use super::{ApiError, OpenAiState};
+use lm::model::LanguageModel;
 use lm::sample::{generate_watched, Sample, SampleParams};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +17,22 @@ use std::sync::Arc;
 pub(super) struct Choice {
     pub(super) text: String,
     pub(super) finish_reason: &'static str,
+    /// Every sampled token, a stop string's and EOS included (as vLLM's `token_ids`).
+    pub(super) tokens: Vec<u32>,
+    pub(super) logprobs: Option<ChoiceLogprobs>,
 }
 
 /// A checked generation: the rows to sample (prompt-major, `n` per prompt) and how.
 pub(super) struct Job {
+    /// The model the request named.
+    pub(super) model: Arc<LanguageModel>,
+    /// The request's prompts; row `i` samples `prompts[i / n]`.
+    pub(super) prompts: Vec<Vec<u32>>,
+    pub(super) n: usize,
     pub(super) rows: Vec<Vec<u32>>,
     pub(super) params: SampleParams,
     pub(super) stop: Vec<String>,
+    pub(super) logprobs: LogprobRequest,
     prompt_tokens: usize,
 }
 
@@ -34,7 +45,7 @@ impl Job {
         opts: &SamplingRequest,
         prompt_param: &'static str,
     ) -> Result<Self, ApiError> {
-        let ctx = s.model.config.max_position;
+        let ctx = opts.model.config.max_position;
         for (i, p) in prompts.iter().enumerate() {
             if p.is_empty() {
                 return Err(ApiError::invalid(
@@ -91,7 +102,16 @@ impl Job {
             seed: opts.seed,
             stop_at_eos: true,
         };
-        Ok(Self { rows, params, stop: opts.stop.clone(), prompt_tokens })
+        Ok(Self {
+            model: opts.model.clone(),
+            prompts,
+            n: opts.n,
+            rows,
+            params,
+            stop: opts.stop.clone(),
+            logprobs: opts.logprobs.clone(),
+            prompt_tokens,
+        })
     }
 
     /// Samples every row, calling `on_token` as [`generate_watched`] does (return `false` to end a row), until
@@ -114,7 +134,7 @@ impl Job {
             let first = b * batch;
             let watch = |i: usize, smp: &Sample| !gone() && on_token(i, smp);
             samples.extend(
-                generate_watched(&st.model, rows, &self.params, None, batch, first, |_| {}, watch)
+                generate_watched(&self.model, rows, &self.params, None, batch, first, |_| {}, watch)
                     .map_err(|e| ApiError::server(format!("generation failed: {e:#}")))?,
             );
         }
@@ -182,7 +202,7 @@ pub(super) async fn run_generation(
         // still stopping.
         let _turn = turn;
         let gone = || flag.load(Ordering::SeqCst);
-        let model = &st.model;
+        let model = &job.model;
         let decode = |ids: &[u32]| {
             model.tokenizer.decode(ids, true).map_err(|e| ApiError::server(format!("decoding the completion: {e:#}")))
         };
@@ -192,15 +212,21 @@ pub(super) async fn run_generation(
             job.stop.is_empty()
                 || decode(&smp.tokens).map_or(true, |t| text_end(&t, smp, max_new, &job.stop).1.is_none())
         })?;
+        let mut logprobs = job
+            .logprobs
+            .compute(model, &job.prompts, job.n, &samples, st.batch_size)
+            .map_err(|e| ApiError::server(format!("computing log-probs: {e:#}")))?
+            .map(Vec::into_iter);
         let mut choices = Vec::with_capacity(samples.len());
         let mut completion_tokens = 0;
-        for smp in &samples {
+        for smp in samples {
             let text = decode(&smp.tokens)?;
-            let (end, finish) = text_end(&text, smp, max_new, &job.stop);
+            let (end, finish) = text_end(&text, &smp, max_new, &job.stop);
             completion_tokens += smp.tokens.len();
             let finish_reason = finish.unwrap_or("length");
             let text = if finish_reason == "stop" { text[..end].to_string() } else { text };
-            choices.push(Choice { text, finish_reason });
+            let logprobs = logprobs.as_mut().and_then(Iterator::next);
+            choices.push(Choice { text, finish_reason, tokens: smp.tokens, logprobs });
         }
         Ok((job.usage(completion_tokens), choices))
     })

@@ -1,5 +1,5 @@
-//! OpenAI-compatible endpoints serving one [`LanguageModel`]: `GET /v1/models`, `POST /v1/completions` and
-//! `POST /v1/chat/completions`.
+//! OpenAI-compatible endpoints serving one [`LanguageModel`] (and LoRA adapters over it): `GET /v1/models`,
+//! `POST /v1/completions` and `POST /v1/chat/completions`, and vLLM's adapter routes.
 //!
 //! Why: the LLM-judge oracle (`oracle::judge`) talks to any OpenAI-compatible chat endpoint, so serving a local
 //! model here lets a run use a local judge without another inference stack; and a tuned checkpoint can be tried
@@ -7,7 +7,8 @@
 //!
 //! What is served is whatever model the caller built (a base model, a merged checkpoint of a run); this module
 //! knows nothing of runs. Behaviour, as close to OpenAI's as a single CPU-bound model allows:
-//! - `model` must name the served model (404 `model_not_found` otherwise, saying which one is served).
+//! - `model` must name the served model or a loaded adapter (404 `model_not_found` otherwise, saying which are
+//!   served).
 //! - Sampling: `temperature` (0 = greedy, ≤ 2), `top_p`, `n`, `seed` (same seed, same text), `stop` (up to 4
 //!   strings of at most [`MAX_STOP_BYTES`] bytes; sampling of a choice ends at the token that completes one, the text is cut before it and
 //!   `finish_reason` is `"stop"`), `max_tokens`
@@ -24,8 +25,13 @@
 //!   streamed text of a choice equals the text the same request gets without streaming. Text that might be
 //!   the start of a stop string, or half of a multi-byte character, is held back until it is known. A client
 //!   that hangs up ends the generation.
+//! - vLLM's dialect (`logprobs`, `models`): log-probs of sampled tokens and of prompts (`logprobs`,
+//!   `top_logprobs`, `echo`, `prompt_logprobs`), token ids both ways (`return_tokens_as_token_ids`,
+//!   `return_token_ids`, token-id prompts), and LoRA adapters loaded and unloaded at run time
+//!   (`/v1/load_lora_adapter`, `/v1/unload_lora_adapter`), each served under its own name beside the base.
+//!   A client that samples and scores through vLLM (activepref's `openai` policy backend) works here too.
 //! - Refused with a 400 rather than silently ignored, because they would change what the client gets back:
-//!   `logprobs`/`top_logprobs`, `echo`, `suffix`, `best_of` > 1, `tools`, non-text message parts.
+//!   `suffix`, `best_of` > 1, `tools`, non-text message parts, chat's `echo`, and log-probs with streaming.
 //!   Penalties, `logit_bias`, `user` and other fields are accepted and ignored.
 //! - Errors use OpenAI's body, `{"error": {"message", "type", "param", "code"}}`, including malformed JSON,
 //!   an oversized body, a prompt that does not fit the model's context (`context_length_exceeded`) and a
@@ -53,6 +59,8 @@ mod admission;
 mod endpoints;
 mod error;
 mod generate;
+mod logprobs;
+mod models;
 mod request;
 mod stream;
 
@@ -87,11 +95,24 @@ pub const DEFAULT_MAX_REQUEST_TOKENS: usize = 32_768;
 /// Most requests waiting for the model while another generates (see the module docs).
 pub const DEFAULT_MAX_WAITING: usize = 64;
 
+/// Most adapters loaded at once by default: each is a merged copy of the model's weights.
+pub const DEFAULT_MAX_ADAPTERS: usize = 4;
+/// Most top log-probs per position a request may ask for (vLLM's `--max-logprobs` default).
+pub const MAX_LOGPROBS: usize = 20;
+
 /// What the OpenAI router serves, shared by all requests.
 pub struct OpenAiState {
-    pub model: LanguageModel,
+    /// The base model.
+    pub model: Arc<LanguageModel>,
     /// The name clients put in `model` and that `/v1/models` lists.
     pub model_id: String,
+    /// Whether `POST /v1/load_lora_adapter` and `/v1/unload_lora_adapter` may change the served adapters
+    /// (vLLM's `VLLM_ALLOW_RUNTIME_LORA_UPDATING`).
+    pub allow_lora_loading: bool,
+    /// Most adapters loaded at once.
+    pub max_adapters: usize,
+    /// The adapters loaded at run time, each served under its own name.
+    adapters: std::sync::RwLock<Vec<models::Loaded>>,
     /// When set, every request needs `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
     /// Rows per forward pass when a request asks for several sequences.
@@ -110,8 +131,11 @@ impl OpenAiState {
     /// Serves `model` under the name `model_id`, without an API key, 8 sequences per batch.
     pub fn new(model: LanguageModel, model_id: impl Into<String>) -> Self {
         Self {
-            model,
+            model: Arc::new(model),
             model_id: model_id.into(),
+            allow_lora_loading: false,
+            max_adapters: DEFAULT_MAX_ADAPTERS,
+            adapters: Default::default(),
             api_key: None,
             batch_size: 8,
             max_waiting: DEFAULT_MAX_WAITING,
@@ -140,6 +164,14 @@ impl OpenAiState {
         self
     }
 
+    /// Lets clients load and unload LoRA adapters (PEFT directories the server can read), at most
+    /// `max_adapters` at once.
+    pub fn with_lora_loading(mut self, allow: bool, max_adapters: usize) -> Self {
+        self.allow_lora_loading = allow;
+        self.max_adapters = max_adapters;
+        self
+    }
+
     /// Sets how many sequences share one forward pass (at least 1).
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
@@ -151,9 +183,12 @@ impl OpenAiState {
 /// labeling router on one listener.
 pub fn router(state: Arc<OpenAiState>) -> Router {
     use admission::{method_not_allowed, require_api_key};
-    use endpoints::{chat_completions, completions, list_models};
+    use endpoints::{chat_completions, completions};
+    use models::{list_models, load_lora_adapter, unload_lora_adapter};
     Router::new()
         .route("/v1/models", get(list_models).fallback(method_not_allowed))
+        .route("/v1/load_lora_adapter", post(load_lora_adapter).fallback(method_not_allowed))
+        .route("/v1/unload_lora_adapter", post(unload_lora_adapter).fallback(method_not_allowed))
         .route("/v1/completions", post(completions).fallback(method_not_allowed))
         .route("/v1/chat/completions", post(chat_completions).fallback(method_not_allowed))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key))

@@ -5,12 +5,14 @@
 //! cannot be honoured are refused, not ignored. Tokenizing runs later, in the request's turn (`admission`),
 //! and the tokens are checked against the context and the token budget then (`generate`).
 
+use super::generate::Endpoint;
+use super::logprobs::LogprobRequest;
 use super::{ApiError, OpenAiState, MAX_PROMPT_BYTES_PER_TOKEN, MAX_SEQUENCES, MAX_STOP, MAX_STOP_BYTES};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
 use lm::model::LanguageModel;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// The request body as a JSON object; axum's plain-text rejections (too large, unreadable) become OpenAI errors.
 pub(super) fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
@@ -36,8 +38,13 @@ fn field<T: serde::de::DeserializeOwned>(obj: &Map<String, Value>, name: &str) -
 }
 
 /// The sampling fields shared by both endpoints, validated.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct SamplingRequest {
+    /// The model the request names: the base or a loaded adapter.
+    pub(super) model: Arc<LanguageModel>,
+    pub(super) model_id: String,
+    /// Log-probs and token ids wanted besides the text.
+    pub(super) logprobs: LogprobRequest,
     /// Requested completion length and the field it came from; `None` means the endpoint's default.
     pub(super) max_tokens: Option<(usize, &'static str)>,
     pub(super) default_max_tokens: usize,
@@ -57,28 +64,20 @@ impl SamplingRequest {
     pub(super) fn parse(
         obj: &Map<String, Value>,
         s: &OpenAiState,
+        endpoint: Endpoint,
         max_names: &[&'static str],
         default_max_tokens: usize,
     ) -> Result<Self, ApiError> {
-        match field::<String>(obj, "model")? {
+        let model_id = match field::<String>(obj, "model")? {
             None => {
                 return Err(ApiError::invalid(
                     format!("you must provide a model parameter (this server serves `{}`)", s.model_id),
                     Some("model"),
                 ))
             }
-            Some(m) if m != s.model_id => {
-                return Err(ApiError {
-                    status: StatusCode::NOT_FOUND,
-                    code: Some("model_not_found"),
-                    ..ApiError::invalid(
-                        format!("the model `{m}` does not exist; this server serves `{}`", s.model_id),
-                        Some("model"),
-                    )
-                })
-            }
-            Some(_) => {}
-        }
+            Some(m) => m,
+        };
+        let model = s.resolve(&model_id)?;
         reject_unsupported(obj)?;
         let mut max_tokens = None;
         for &name in max_names {
@@ -167,7 +166,18 @@ impl SamplingRequest {
                 ))
             }
         };
+        let logprobs = LogprobRequest::parse(obj, endpoint, stream)?;
+        if max_tokens.is_some_and(|(m, _)| m == 0) && !logprobs.echo {
+            let name = max_tokens.map_or("max_tokens", |(_, n)| n);
+            return Err(ApiError::invalid(
+                format!("`{name}` must be at least 1 (0 is allowed only with `echo`, to score the prompt)"),
+                Some(name),
+            ));
+        }
         Ok(Self {
+            model,
+            model_id,
+            logprobs,
             max_tokens,
             default_max_tokens,
             temperature,
@@ -190,7 +200,7 @@ fn reject_unsupported(obj: &Map<String, Value>) -> Result<(), ApiError> {
         Some(Value::Number(n)) => name != "best_of" || n.as_u64().is_none_or(|b| b > 1),
         Some(_) => true,
     };
-    for name in ["logprobs", "top_logprobs", "echo", "suffix", "best_of"] {
+    for name in ["suffix", "best_of"] {
         if truthy(name) {
             return Err(ApiError::unsupported(format!("`{name}` is not supported by this server"), name));
         }

@@ -96,7 +96,7 @@ fn stream_rows(
     head: &ChunkHead,
     tx: &mpsc::UnboundedSender<Event>,
 ) -> Result<(), ApiError> {
-    let model = &st.model;
+    let model = &job.model;
     let mut gone = false;
     if head.endpoint == Endpoint::Chat {
         for i in 0..job.rows.len() {
