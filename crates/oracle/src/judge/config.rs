@@ -103,6 +103,16 @@ impl Default for JudgeConfig {
 }
 
 impl JudgeConfig {
+    /// The timeout and retry schedule, as the shared client takes them.
+    pub fn retries(&self) -> client::Retries {
+        client::Retries {
+            timeout_s: self.timeout_s,
+            retries: self.retries,
+            backoff_s: self.backoff_s,
+            max_backoff_s: self.max_backoff_s,
+        }
+    }
+
     /// Fails on a URL that is not http(s) and on numbers out of range; returns `base_url` without a trailing
     /// slash.
     pub(super) fn checked_base_url(&self) -> Result<String> {

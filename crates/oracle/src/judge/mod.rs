@@ -73,10 +73,10 @@ pub struct Judge {
     cfg: JudgeConfig,
     /// `base_url` without a trailing slash, so URLs and cache keys don't depend on how it was written.
     base_url: String,
-    api_key: Option<String>,
     system_prompt: String,
     user_template: String,
-    agent: ureq::Agent,
+    /// The server: requests and their retries.
+    client: client::Client,
     /// Everything that changes as questions are answered; one lock, so concurrent requests share it.
     state: Mutex<JudgeState>,
 }
@@ -98,8 +98,7 @@ impl Judge {
     pub fn new(cfg: JudgeConfig) -> Result<Self> {
         let base_url = cfg.checked_base_url()?;
         let (system_prompt, user_template) = prompts::messages(&cfg)?;
-        let api_key = http::api_key(&cfg, &base_url)?;
-        let agent = http::agent(&cfg);
+        let client = client::Client::new("the judge", &base_url, &cfg.api_key_env, cfg.retries())?;
 
         let (cache, cache_writer, spent_before) = match &cfg.cache_file {
             Some(path) => {
@@ -112,10 +111,9 @@ impl Judge {
         Ok(Self {
             cfg,
             base_url,
-            api_key,
             system_prompt,
             user_template,
-            agent,
+            client,
             state: Mutex::new(JudgeState {
                 cache,
                 cache_writer,
