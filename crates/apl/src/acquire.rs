@@ -16,13 +16,13 @@
 //! π = π_ref, so every |Δr̂| is 0 and the choice is a seeded random one, not argsort's arbitrary order), or
 //! stochastic batch acquisition (Kirsch et al., TMLR 2023) by Gumbel-top-k.
 
+use crate::backend::PolicyModel;
 use crate::config::{AcquisitionConfig, ActiveConfig, Selection, Strategy};
 use crate::seed::stream::POOL_ORDER;
 use crate::seed::{rng_for, seed_for};
 use crate::store::{Candidate, Prompt};
 use anyhow::{bail, Result};
-use lm::sample::{generate, Sample, SampleParams};
-use lm::LanguageModel;
+use lm::sample::{Sample, SampleParams};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -107,10 +107,10 @@ pub fn entropy_means(neg_logps: &[f64], n: usize, window_bug: bool) -> Vec<f64> 
 
 /// The models acquisition samples from and scores with. Both are plain (no autograd graph).
 pub struct Models<'a> {
-    /// The current policy (adapters merged).
-    pub policy: &'a LanguageModel,
+    /// The current policy (adapters merged, or loaded on the policy server).
+    pub policy: &'a dyn PolicyModel,
     /// The starting model, π_ref.
-    pub reference: &'a LanguageModel,
+    pub reference: &'a dyn PolicyModel,
     /// True in the first round: the policy is the reference, so its log-probs need no second pass.
     pub policy_is_reference: bool,
     /// Offline simulation: candidate pairs come from a preference file (prompt text → its pairs) instead of
@@ -260,9 +260,10 @@ pub fn acquire(
     Ok(cands)
 }
 
-fn decode(model: &LanguageModel, tokens: &[u32]) -> String {
-    let plain: Vec<u32> = tokens.iter().copied().filter(|&t| !model.tokenizer.is_eos(t)).collect();
-    model.tokenizer.decode(&plain, true).unwrap_or_default()
+fn decode(model: &dyn PolicyModel, tokens: &[u32]) -> String {
+    let tok = model.tokenizer();
+    let plain: Vec<u32> = tokens.iter().copied().filter(|&t| !tok.is_eos(t)).collect();
+    tok.decode(&plain, true).unwrap_or_default()
 }
 
 /// Completion length of each sample, uniform in [min_new_tokens, max_new_tokens] (the paper's length sampler).
@@ -278,7 +279,7 @@ fn params(max_new: usize, temperature: f64, seed: u64) -> SampleParams {
 /// Per-prompt predictive entropy from `entropy_samples` samples each at `entropy_temperature`.
 pub fn estimate_entropy(
     cfg: &ActiveConfig,
-    model: &LanguageModel,
+    model: &dyn PolicyModel,
     prompts: &[&Prompt],
     seed: u64,
     progress: Progress,
@@ -288,14 +289,12 @@ pub fn estimate_entropy(
     let rep: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.tokens.clone(), n)).collect();
     let lens = lengths(cfg, rep.len(), &mut rng_for(seed, &[0]));
     let total = rep.len();
-    let samples = generate(
-        model,
+    let samples = model.generate(
         &rep,
         &params(g.max_new_tokens, g.entropy_temperature, seed),
         Some(&lens),
         g.batch_size,
-        0,
-        |d| progress("entropy samples", d, total),
+        &mut |d| progress("entropy samples", d, total),
     )?;
     let neg: Vec<f64> = samples.iter().map(|s| -s.sum_logprob()).collect();
     Ok(entropy_means(&neg, n, a.entropy_window_bug))
@@ -304,7 +303,7 @@ pub fn estimate_entropy(
 /// One pair per prompt from a preference file (a seeded choice when a prompt has several), tokenized;
 /// rows 2i and 2i+1 like [`sample_pairs`].
 fn file_pairs(
-    model: &LanguageModel,
+    model: &dyn PolicyModel,
     fixed: &HashMap<String, Vec<[String; 2]>>,
     prompts: &[&Prompt],
     seed: u64,
@@ -316,7 +315,7 @@ fn file_pairs(
         let Some(list) = list else { bail!("prompt {:?} has no pair in the preference file", p.text) };
         let pair = &list[rng.random_range(0..list.len())];
         for c in pair {
-            let t = model.tokenizer.encode_plain(c)?;
+            let t = model.tokenizer().encode_plain(c)?;
             if t.is_empty() {
                 bail!("an empty completion in the preference file (prompt {:?})", p.text);
             }
@@ -329,7 +328,7 @@ fn file_pairs(
 /// Two completions per prompt (rows 2i and 2i+1) at the pair temperature.
 fn sample_pairs(
     cfg: &ActiveConfig,
-    model: &LanguageModel,
+    model: &dyn PolicyModel,
     prompts: &[&Prompt],
     seed: u64,
     progress: Progress,
@@ -338,7 +337,7 @@ fn sample_pairs(
     let rep: Vec<Vec<u32>> = prompts.iter().flat_map(|p| [p.tokens.clone(), p.tokens.clone()]).collect();
     let lens = lengths(cfg, rep.len(), &mut rng_for(seed, &[0]));
     let total = rep.len();
-    generate(model, &rep, &params(g.max_new_tokens, g.temperature, seed), Some(&lens), g.batch_size, 0, |d| {
+    model.generate(&rep, &params(g.max_new_tokens, g.temperature, seed), Some(&lens), g.batch_size, &mut |d| {
         progress("candidate pairs", d, total)
     })
 }
@@ -385,11 +384,11 @@ fn score_pairs(
 
 /// Summed completion log-probs, `batch` sequences at a time, no graph.
 pub fn logps(
-    model: &LanguageModel,
+    model: &dyn PolicyModel,
     items: &[(Vec<u32>, Vec<u32>)],
     batch: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<f64>> {
     let total = items.len();
-    Ok(lm::score::score_all(model, items, batch, |d| progress(d, total))?.into_iter().map(|(s, _)| s).collect())
+    model.score(items, batch, &mut |d| progress(d, total))
 }

@@ -13,6 +13,7 @@
 //! was never interrupted.
 
 use crate::acquire::{acquire, Models, PoolCursor};
+use crate::backend::{self, PolicyModel};
 use crate::config::{ActiveConfig, OracleKind, Retrain};
 use crate::eval::Evaluation;
 use crate::event::Event;
@@ -185,9 +186,7 @@ impl<'a> ActiveLoop<'a> {
         for (i, &target) in targets.iter().enumerate() {
             let round = i + 1;
             if !self.store.round_trained(round)? {
-                let policy = self.policy_model(round - 1)?;
-                self.label_round(round, target, &policy)?;
-                drop(policy);
+                self.label_round(round, target)?;
                 self.train_round(round, target)?;
             } else if let Err(e) = load_trainable(&self.base, &self.dir, round) {
                 // The store says trained, the file is gone or damaged (deleted, or a crash the disk did not
@@ -208,9 +207,13 @@ impl<'a> ActiveLoop<'a> {
         load_policy(&self.base, self.cfg.train.lora.as_ref(), &self.dir, round)
     }
 
-    /// Acquires and labels until the round holds `target` labels (cumulative).
-    fn label_round(&mut self, round: usize, target: usize, policy: &LanguageModel) -> Result<()> {
+    /// Acquires and labels until the round holds `target` labels (cumulative), with the policy of the round
+    /// before, from the run's backend (loaded once, when the first acquisition needs it).
+    fn label_round(&mut self, round: usize, target: usize) -> Result<()> {
         let rounds = self.cfg.rounds.targets().len();
+        let (cfg, dir, base) = (self.cfg.clone(), self.dir.clone(), self.base.with_params(self.base.params.clone())?);
+        let backend = backend::open(&cfg, &base, &dir)?;
+        let mut policy: Option<Box<dyn PolicyModel>> = None;
         loop {
             let (have, dropped) = self.store.label_counts(round)?;
             if have >= target {
@@ -252,9 +255,12 @@ impl<'a> ActiveLoop<'a> {
                 }
             }
             let t0 = Instant::now();
+            if policy.is_none() {
+                policy = Some(backend.policy(round - 1)?);
+            }
             let models = Models {
-                policy,
-                reference: &self.base,
+                policy: policy.as_deref().expect("loaded above"),
+                reference: backend.reference(),
                 policy_is_reference: round == 1,
                 fixed_pairs: self.fixed_pairs.as_ref(),
             };
@@ -376,11 +382,11 @@ impl<'a> ActiveLoop<'a> {
             (None, OracleHandle::Sync(o)) => Some(o.as_mut()),
             (None, OracleHandle::Human { .. }) => None,
         };
+        let backend = backend::open(&self.cfg, &self.base, &self.dir)?;
         Evaluation {
             cfg: &self.cfg,
-            dir: &self.dir,
             store: &mut self.store,
-            base: &self.base,
+            backend: backend.as_ref(),
             oracle,
             events: &mut *self.events,
         }

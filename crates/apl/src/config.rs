@@ -28,6 +28,57 @@ pub struct ActiveConfig {
     pub eval: EvalConfig,
     /// DPO settings (see docs/dpo.md). Defaults here: β 0.2 (the paper), LoRA r 8, AdamW lr 1e-3.
     pub train: TrainConfig,
+    /// Where the policy samples and scores: in this process, or on an OpenAI-compatible server.
+    pub policy: PolicyConfig,
+}
+
+/// Where acquisition and evaluation sample and score (see `apl::backend` and docs/scale.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `local` (this process, candle) or `openai` (a vLLM-class server with `/v1/completions` log-probs and
+    /// runtime LoRA loading, or `activepref serve --openai --allow-lora-loading`).
+    pub backend: PolicyBackendKind,
+    /// With `openai`: the server's API root, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// With `openai`: the server's name of the starting model (the reference; each round's adapter is loaded
+    /// beside it).
+    pub model: String,
+    /// Variable holding the server's API key (read from the environment, never from the file).
+    pub api_key_env: String,
+    /// The run directory as the server sees it, when it is not the same path (the server reads each round's
+    /// adapter from `<this>/round-N/adapter`); empty = the run directory itself (a shared filesystem).
+    pub server_run_dir: String,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    pub timeout_s: f64,
+    pub retries: u32,
+    pub backoff_s: f64,
+    pub max_backoff_s: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyBackendKind {
+    Local,
+    Openai,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            backend: PolicyBackendKind::Local,
+            base_url: String::new(),
+            model: String::new(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            server_run_dir: String::new(),
+            concurrency: 4,
+            timeout_s: 300.0,
+            retries: 5,
+            backoff_s: 1.0,
+            max_backoff_s: 30.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,6 +297,7 @@ impl Default for ActiveConfig {
             oracle: OracleConfig::default(),
             eval: EvalConfig::default(),
             train,
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -353,6 +405,9 @@ impl ActiveConfig {
         // How many sequences go through the model at once changes the speed, not the samples (each row has
         // its own RNG stream and its own numbers).
         c.generation.batch_size = GenerationConfig::default().batch_size;
+        // Where the policy runs changes the speed, not the questions: a server over the same weights samples
+        // and scores the same tokens (up to float rounding).
+        c.policy = PolicyConfig::default();
         let o = OracleConfig::default();
         c.oracle.poll_seconds = o.poll_seconds;
         c.oracle.guidelines = o.guidelines;
@@ -399,6 +454,37 @@ impl ActiveConfig {
         }
         if g.batch_size == 0 {
             bail!("generation.batch_size must be at least 1");
+        }
+        let pc = &self.policy;
+        if pc.backend == PolicyBackendKind::Openai {
+            if !(pc.base_url.starts_with("http://") || pc.base_url.starts_with("https://")) {
+                bail!(
+                    "policy.base_url {:?} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)",
+                    pc.base_url
+                );
+            }
+            if pc.model.trim().is_empty() {
+                bail!("policy.model is empty: give the server's name of the starting model (its /v1/models lists it)");
+            }
+            if self.train.lora.is_none() {
+                bail!(
+                    "policy.backend = \"openai\" needs LoRA training ([train.lora]): the server takes each round's \
+                     policy as a LoRA adapter; full fine-tuning would need it restarted on new weights every round"
+                );
+            }
+            if !self.adapter.is_empty() {
+                bail!(
+                    "adapter = {:?} with policy.backend = \"openai\": serve the starting model with that adapter \
+                     merged (activepref serve --openai --adapter DIR) and leave `adapter` empty",
+                    self.adapter
+                );
+            }
+            if pc.concurrency == 0 {
+                bail!("policy.concurrency must be at least 1");
+            }
+            if pc.timeout_s <= 0.0 || pc.backoff_s < 0.0 || pc.max_backoff_s < 0.0 {
+                bail!("policy.timeout_s must be > 0 and policy.backoff_s, max_backoff_s ≥ 0");
+            }
         }
         if a.over_generate_factor == 0 || a.over_sample_prompts_factor == 0 || a.entropy_samples == 0 {
             bail!("acquisition.over_generate_factor, over_sample_prompts_factor and entropy_samples must be ≥ 1");

@@ -11,26 +11,24 @@
 //! the same samples and asks only what is left.
 
 use crate::acquire::lengths;
+use crate::backend::PolicyBackend;
 use crate::config::{ActiveConfig, NoAnswer};
 use crate::event::Event;
-use crate::policy::load_policy;
 use crate::results::win_rate;
-use crate::run_dir::RunDir;
 use crate::seed::stream::{EVAL, EVAL_LENGTHS};
 use crate::seed::{rng_for, seed_for};
 use crate::store::Store;
 use anyhow::{bail, Result};
-use lm::sample::{generate, SampleParams};
-use lm::LanguageModel;
+use lm::sample::SampleParams;
 use oracle::{Comparison, Oracle};
 use std::collections::{HashMap, HashSet};
 
-/// What an evaluation needs: the run (config, directory, store), the starting model, and the judge.
+/// What an evaluation needs: the run (config, store), where its models sample, and the judge.
 pub struct Evaluation<'a> {
     pub cfg: &'a ActiveConfig,
-    pub dir: &'a RunDir,
     pub store: &'a mut Store,
-    pub base: &'a LanguageModel,
+    /// The starting model and each round's policy.
+    pub backend: &'a dyn PolicyBackend,
     /// `None` when the run's oracle is a person and no evaluation oracle is configured.
     pub oracle: Option<&'a mut dyn Oracle>,
     pub events: &'a mut dyn FnMut(Event),
@@ -39,7 +37,7 @@ pub struct Evaluation<'a> {
 impl Evaluation<'_> {
     /// Samples (once), judges what is not judged yet, and reports the round's win rate.
     pub fn run(self, round: usize) -> Result<()> {
-        let Evaluation { cfg, dir, store, base, oracle, events } = self;
+        let Evaluation { cfg, store, backend, oracle, events } = self;
         let prompts = store.prompts("eval")?;
         let done = store.judgments(round)?.len();
         if done == prompts.len() {
@@ -56,7 +54,7 @@ impl Evaluation<'_> {
             if !store.eval_samples(r)?.is_empty() {
                 continue;
             }
-            let model = load_policy(base, cfg.train.lora.as_ref(), dir, r)?;
+            let model = backend.policy(r)?;
             let params = SampleParams {
                 max_new_tokens: g.max_new_tokens,
                 temperature: g.eval_temperature,
@@ -67,15 +65,16 @@ impl Evaluation<'_> {
             };
             let what = if r == 0 { "baseline samples".to_string() } else { format!("round {r} samples") };
             let total = ids.len();
-            let samples = generate(&model, &ids, &params, Some(&lens), g.batch_size, 0, |d| {
+            let samples = model.generate(&ids, &params, Some(&lens), g.batch_size, &mut |d| {
                 events(Event::Progress { what: what.clone(), done: d, total })
             })?;
+            let tok = model.tokenizer();
             let rows: Vec<(i64, String)> = prompts
                 .iter()
                 .zip(&samples)
                 .map(|(p, s)| {
-                    let plain: Vec<u32> = s.tokens.iter().copied().filter(|&t| !model.tokenizer.is_eos(t)).collect();
-                    Ok((p.id, model.tokenizer.decode(&plain, true)?))
+                    let plain: Vec<u32> = s.tokens.iter().copied().filter(|&t| !tok.is_eos(t)).collect();
+                    Ok((p.id, tok.decode(&plain, true)?))
                 })
                 .collect::<Result<_>>()?;
             store.insert_eval_samples(r, &rows)?;

@@ -13,6 +13,7 @@
 
 pub mod acquire;
 pub mod active;
+pub mod backend;
 pub mod config;
 pub mod eval;
 pub mod event;

@@ -29,6 +29,10 @@ impl RunDir {
     pub fn policy(&self, r: usize) -> PathBuf {
         self.round(r).join("policy.safetensors")
     }
+    /// The round's policy as a PEFT LoRA adapter directory, for a server that loads adapters.
+    pub fn adapter(&self, r: usize) -> PathBuf {
+        self.round(r).join("adapter")
+    }
     pub fn train(&self, r: usize) -> PathBuf {
         self.round(r).join("train")
     }

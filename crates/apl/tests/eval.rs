@@ -55,7 +55,8 @@ impl Scorer for FewerE {
 
 fn evaluate(cfg: &ActiveConfig, dir: &RunDir, store: &mut Store, base: &LanguageModel, o: &mut dyn Oracle, r: usize) {
     let mut ev = |_e: Event| {};
-    Evaluation { cfg, dir, store, base, oracle: Some(o), events: &mut ev }.run(r).unwrap();
+    let backend = apl::backend::LocalBackend { base, lora: cfg.train.lora.as_ref(), dir };
+    Evaluation { cfg, store, backend: &backend, oracle: Some(o), events: &mut ev }.run(r).unwrap();
 }
 
 fn wins(store: &Store, round: usize) -> Vec<f64> {

@@ -189,10 +189,20 @@ pub(crate) fn save_final_model(
 /// the HF module path, which for GPT-2 starts with `transformer.`) and `adapter_config.json` (`target_modules`
 /// as the modules' last names, one `r`/`lora_alpha` for all, no patterns: vLLM ignores `rank_pattern`).
 pub(crate) fn save_adapter(dir: &Path, policy: &LanguageModel, vars: &[(String, Var)], l: &LoraConfig) -> Result<()> {
+    write_peft_adapter(dir, policy, &vars_tensors(vars), l)
+}
+
+/// [`save_adapter`] from the LoRA tensors by name (`….lora_A.weight`, `….lora_B.weight`), as a round of the
+/// loop saves them: what a server that loads PEFT adapters (vLLM, `activepref serve --openai`) reads.
+pub fn write_peft_adapter(
+    dir: &Path,
+    policy: &LanguageModel,
+    tensors: &HashMap<String, Tensor>,
+    l: &LoraConfig,
+) -> Result<()> {
     let gpt2 = policy.config.arch == lm::Arch::Gpt2;
     let prefix = if gpt2 { "base_model.model.transformer." } else { "base_model.model." };
-    let t: HashMap<String, Tensor> =
-        vars.iter().map(|(n, v)| (format!("{prefix}{n}"), v.as_tensor().detach())).collect();
+    let t: HashMap<String, Tensor> = tensors.iter().map(|(n, v)| (format!("{prefix}{n}"), v.detach())).collect();
     candle_core::safetensors::save(&t, dir.join("adapter_model.safetensors"))?;
     let mut modules: Vec<String> = policy
         .lora_targets(&l.target_modules)

@@ -49,7 +49,17 @@ impl Sample {
 
 /// The RNG of prompt `index`, independent of how prompts are batched.
 pub fn row_rng(seed: u64, index: usize) -> StdRng {
-    StdRng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    StdRng::seed_from_u64(row_key(seed, index))
+}
+
+fn row_key(seed: u64, index: usize) -> u64 {
+    seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The seed under which row 0 draws what row `index` draws under `seed`: a request that samples one row
+/// alone (one prompt to a server) then gets the same stream as that row of a batch here.
+pub fn row_seed(seed: u64, index: usize) -> u64 {
+    row_key(seed, index) ^ row_key(0, 0)
 }
 
 /// Draws one token from `logits` and returns it with its log-probability under the unfiltered,
