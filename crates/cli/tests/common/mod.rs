@@ -61,3 +61,29 @@ alpha = 4
     .unwrap();
     cfg
 }
+
+/// `activepref serve --openai` over `model` as a child process on a free local port, API key `key` (in the
+/// variable `ACTIVEPREF_TEST_SERVE_KEY`), adapters loadable; returns it with its `/v1` URL once it answers.
+/// Kill the child when done.
+pub fn spawn_openai_server(model: &Path, model_id: &str, key: &str) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = bin()
+        .args(["serve", "--openai", "--allow-lora-loading", "--api-key-env", "ACTIVEPREF_TEST_SERVE_KEY"])
+        .arg("--model")
+        .arg(model)
+        .args(["--model-id", model_id, "--addr", &format!("127.0.0.1:{port}")])
+        .env("ACTIVEPREF_TEST_SERVE_KEY", key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("the server exited before listening: {s}");
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "the server did not listen within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, format!("http://127.0.0.1:{port}/v1"))
+}
