@@ -14,20 +14,19 @@
 
 use crate::acquire::{acquire, Models, PoolCursor};
 use crate::backend::{self, PolicyModel};
-use crate::config::{ActiveConfig, OracleKind, Retrain};
+use crate::config::{ActiveConfig, OracleKind};
 use crate::eval::Evaluation;
 use crate::event::Event;
 use crate::oracles::OracleHandle;
-use crate::policy::{load_policy, load_trainable, save_trainable};
+use crate::policy::{check_saved, load_policy};
 use crate::report::write_outputs;
 use crate::results::RoundResult;
 use crate::run_dir::{write_atomic, RunDir};
 use crate::seed::seed_for;
-use crate::seed::stream::{ACQUIRE, TRAIN};
+use crate::seed::stream::ACQUIRE;
 use crate::store::{Query, Store, ORACLE_NAME, ORACLE_NOTE};
+use crate::trainer::{self, TrainJob};
 use anyhow::{bail, Context as _, Result};
-use dpo::data::TokenPair;
-use dpo::train::Trainer;
 use lm::LanguageModel;
 use oracle::dataset::DatasetOracle;
 use oracle::{Comparison, Oracle};
@@ -188,7 +187,7 @@ impl<'a> ActiveLoop<'a> {
             if !self.store.round_trained(round)? {
                 self.label_round(round, target)?;
                 self.train_round(round, target)?;
-            } else if let Err(e) = load_trainable(&self.base, &self.dir, round) {
+            } else if let Err(e) = check_saved(&self.base, &self.dir, round) {
                 // The store says trained, the file is gone or damaged (deleted, or a crash the disk did not
                 // survive): the labels are all in the store, so train the round again.
                 self.emit(Event::Info(format!("round {round}: {e:#}; training it again from its stored labels")));
@@ -327,50 +326,23 @@ impl<'a> ActiveLoop<'a> {
         Ok(())
     }
 
-    /// DPO on all labels so far; resumes from the round's latest checkpoint if there is one.
+    /// Trains the round on all labels so far with the run's trainer (`trainer`), then marks it trained.
     fn train_round(&mut self, round: usize, target: usize) -> Result<()> {
         let mut labels = self.store.labels(round)?;
         labels.truncate(target);
         let n = labels.len();
         let rounds = self.cfg.rounds.targets().len();
         self.emit(Event::Stage(format!("round {round}/{rounds}: training DPO on {n} labels")));
-        let pairs: Vec<TokenPair> = labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| TokenPair {
-                line: i + 1,
-                prompt: l.query.prompt_tokens.clone(),
-                chosen: l.query.tokens[l.preferred].clone(),
-                rejected: l.query.tokens[1 - l.preferred].clone(),
-            })
-            .collect();
-        let refs: Vec<(f32, f32)> = labels
-            .iter()
-            .map(|l| (l.query.ref_logp[l.preferred] as f32, l.query.ref_logp[1 - l.preferred] as f32))
-            .collect();
-        let mut tcfg = self.cfg.train.clone();
-        tcfg.seed = seed_for(self.cfg.seed, &[TRAIN, round as u64]);
-        let out = self.dir.train(round);
         let t0 = Instant::now();
-        let start = self.base.with_params(self.base.params.clone())?;
-        let events = &mut self.events;
-        let mut trainer = Trainer::with_reference_logps(tcfg, start, pairs, vec![], Some(refs), &out, |_, _, _| {})?;
-        trainer.save_final_model = false;
-        if let Some(ckpt) = trainer.resume_latest()? {
-            events(Event::Info(format!("resuming training from {}", ckpt.display())));
-        } else {
-            if self.cfg.rounds.retrain == Retrain::Continue && round > 1 {
-                trainer.set_trainable(&load_trainable(&self.base, &self.dir, round - 1)?)?;
-            }
-            // A half-written metrics file from a run killed before its first checkpoint.
-            let _ = std::fs::remove_file(out.join("metrics.jsonl"));
-        }
-        trainer.run(|s| {
-            events(Event::Progress { what: "DPO steps".into(), done: s.step as usize, total: s.total as usize })
-        })?;
-        // On disk (file and directory entry) before the store says the round is trained.
-        save_trainable(&self.dir, round, &trainer.trainable_tensors())?;
-        let loss = last_loss(&out.join("metrics.jsonl"));
+        let job = TrainJob {
+            cfg: &self.cfg,
+            dir: &self.dir,
+            base: &self.base,
+            round,
+            labels: &labels,
+            events: &mut *self.events,
+        };
+        let loss = trainer::open(&self.cfg).train(job)?;
         self.store.mark_trained(round, target, n, loss, t0.elapsed().as_secs_f64())?;
         Ok(())
     }
@@ -392,12 +364,4 @@ impl<'a> ActiveLoop<'a> {
         }
         .run(round)
     }
-}
-
-fn last_loss(metrics: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(metrics).ok()?;
-    text.lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| v["loss"].as_f64())
 }

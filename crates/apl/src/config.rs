@@ -30,6 +30,35 @@ pub struct ActiveConfig {
     pub train: TrainConfig,
     /// Where the policy samples and scores: in this process, or on an OpenAI-compatible server.
     pub policy: PolicyConfig,
+    /// Who trains each round: this process (`[train]`), or a command (TRL, accelerate + DeepSpeed, …).
+    pub trainer: TrainerConfig,
+}
+
+/// Who trains each round (see `apl::trainer` and docs/scale.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// `local` (DPO in this process with `[train]`) or `command` (the `command` template, run once a round).
+    pub backend: TrainerBackendKind,
+    /// With `command`: a shell command run in the run directory, with placeholders `{data_dir}` (a directory
+    /// holding `train.jsonl`, every label so far in TRL's `prompt`/`chosen`/`rejected` format), `{data}` (that
+    /// file), `{base}` (the starting model as an HF directory), `{output}` (where the command leaves a PEFT
+    /// adapter, or an HF model, for this round), `{round}`, `{seed}`, and `[train]`'s `{beta}`,
+    /// `{learning_rate}`, `{epochs}`, `{lora_r}`, `{lora_alpha}`.
+    pub command: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerBackendKind {
+    Local,
+    Command,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self { backend: TrainerBackendKind::Local, command: String::new() }
+    }
 }
 
 /// Where acquisition and evaluation sample and score (see `apl::backend` and docs/scale.md).
@@ -298,6 +327,7 @@ impl Default for ActiveConfig {
             eval: EvalConfig::default(),
             train,
             policy: PolicyConfig::default(),
+            trainer: TrainerConfig::default(),
         }
     }
 }
@@ -408,6 +438,8 @@ impl ActiveConfig {
         // Where the policy runs changes the speed, not the questions: a server over the same weights samples
         // and scores the same tokens (up to float rounding).
         c.policy = PolicyConfig::default();
+        // The command's text may be fixed between resumes (a path, a flag); which backend trains may not.
+        c.trainer.command = String::new();
         let o = OracleConfig::default();
         c.oracle.poll_seconds = o.poll_seconds;
         c.oracle.guidelines = o.guidelines;
@@ -454,6 +486,21 @@ impl ActiveConfig {
         }
         if g.batch_size == 0 {
             bail!("generation.batch_size must be at least 1");
+        }
+        if self.trainer.backend == TrainerBackendKind::Command {
+            if self.trainer.command.trim().is_empty() {
+                bail!("trainer.backend = \"command\" needs trainer.command (see docs/scale.md for TRL's)");
+            }
+            if !self.trainer.command.contains("{output}") {
+                bail!(
+                    "trainer.command must write its result to {{output}}; the template has no {{output}} placeholder"
+                );
+            }
+            if self.rounds.retrain == Retrain::Continue {
+                bail!(
+                    "rounds.retrain = \"continue\" needs the local trainer: a command trains from {{base}} each round"
+                );
+            }
         }
         let pc = &self.policy;
         if pc.backend == PolicyBackendKind::Openai {

@@ -29,6 +29,7 @@ pub mod seed;
 pub mod stats;
 pub mod store;
 pub mod testing;
+pub mod trainer;
 
 pub use active::ActiveLoop;
 pub use config::ActiveConfig;

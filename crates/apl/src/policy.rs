@@ -9,7 +9,9 @@ use dpo::train::LoraConfig;
 use lm::LanguageModel;
 use std::collections::HashMap;
 
-/// The policy after `round` rounds of the run in `dir` (0 = the starting model `base` itself, copied).
+/// The policy after `round` rounds of the run in `dir` (0 = the starting model `base` itself, copied), from
+/// whatever the round's trainer left: the trainable tensors (`policy.safetensors`, the local trainer), or a
+/// PEFT adapter (`adapter/`) or a whole HF model (`model/`) from a command trainer.
 pub fn load_policy(
     base: &LanguageModel,
     lora: Option<&LoraConfig>,
@@ -19,7 +21,47 @@ pub fn load_policy(
     if round == 0 {
         return base.with_params(base.params.clone());
     }
-    policy_from_trainable(base, lora, &load_trainable(base, dir, round)?)
+    if dir.policy(round).exists() {
+        return policy_from_trainable(base, lora, &load_trainable(base, dir, round)?);
+    }
+    match trained_form(dir, round) {
+        Some(Form::Adapter) => lm::adapter::apply(base, &dir.adapter(round)),
+        Some(Form::Model) => LanguageModel::load(&dir.model(round), base.device(), base.dtype()),
+        None => bail!(
+            "{}: missing (round {round} has not been trained, or its files were deleted)",
+            dir.policy(round).display()
+        ),
+    }
+}
+
+/// What a command trainer left for a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Adapter,
+    Model,
+}
+
+/// Which of a command trainer's results the round holds, if any (the local trainer's is `policy.safetensors`).
+pub fn trained_form(dir: &RunDir, round: usize) -> Option<Form> {
+    if dir.adapter(round).join(lm::adapter::CONFIG_FILE).exists() {
+        Some(Form::Adapter)
+    } else if dir.model(round).join("config.json").exists() {
+        Some(Form::Model)
+    } else {
+        None
+    }
+}
+
+/// Checks that round `round`'s policy is on disk and readable, in whichever form its trainer left it.
+pub fn check_saved(base: &LanguageModel, dir: &RunDir, round: usize) -> Result<()> {
+    if dir.policy(round).exists() {
+        return load_trainable(base, dir, round).map(|_| ());
+    }
+    match trained_form(dir, round) {
+        Some(Form::Adapter) => lm::adapter::Adapter::read(&dir.adapter(round), base).map(|_| ()),
+        Some(Form::Model) => lm::load::load_tokenizer(&dir.model(round)).map(|_| ()),
+        None => bail!("{}: missing", dir.policy(round).display()),
+    }
 }
 
 /// The trainable tensors saved after `round` (what `retrain = "continue"` starts the next round from).

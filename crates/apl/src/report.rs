@@ -25,16 +25,20 @@ pub fn write_outputs(store: &Store, cfg: &ActiveConfig, dir: &RunDir) -> Result<
     let mut l = String::new();
     let rounds = cfg.rounds.targets().len();
     for x in store.labels(rounds)? {
-        let q = &x.query;
-        let row = json!({"prompt": q.prompt, "chosen": q.completions[x.preferred],
-            "rejected": q.completions[1 - x.preferred], "round": q.round, "oracle": x.oracle});
-        l.push_str(&row.to_string());
+        l.push_str(&trl_row(&x).to_string());
         l.push('\n');
     }
     write_atomic(&dir.labels(), l.as_bytes())?;
     let html = run_report(store, cfg, dir, &results)?;
     write_atomic(&dir.report(), html.as_bytes())?;
     Ok(results)
+}
+
+/// A label as a row of TRL's preference format (`prompt`, `chosen`, `rejected`; `round` and `oracle` besides).
+pub fn trl_row(x: &crate::store::Label) -> serde_json::Value {
+    let q = &x.query;
+    json!({"prompt": q.prompt, "chosen": q.completions[x.preferred], "rejected": q.completions[1 - x.preferred],
+        "round": q.round, "oracle": x.oracle})
 }
 
 /// The run's HTML report, built from the store.

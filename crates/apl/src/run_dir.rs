@@ -33,6 +33,10 @@ impl RunDir {
     pub fn adapter(&self, r: usize) -> PathBuf {
         self.round(r).join("adapter")
     }
+    /// The round's policy as a whole HF model, when a command trainer fine-tuned every weight.
+    pub fn model(&self, r: usize) -> PathBuf {
+        self.round(r).join("model")
+    }
     pub fn train(&self, r: usize) -> PathBuf {
         self.round(r).join("train")
     }

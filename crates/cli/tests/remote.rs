@@ -42,7 +42,8 @@ fn a_remote_run_matches_the_local_one_and_survives_kill_9() {
     let model = tmp.path().join("model");
     tiny_model("llama", 1, DType::F32).unwrap().save(&model).unwrap();
     let (mut server, url) = spawn_openai_server(&model, "tiny", KEY);
-    let local_cfg = tiny_loop_config(tmp.path(), "local", &model, 2, "[oracle]\nkind = \"vader\"");
+    let local_cfg =
+        tiny_loop_config(tmp.path(), "local", &model, 2, &common::judge_oracle(&common::judge_server().0, 3));
     let remote_cfg = tmp.path().join("remote.toml");
     let policy = format!(
         "\n[policy]\nbackend = \"openai\"\nbase_url = \"{url}\"\nmodel = \"tiny\"\n\

@@ -91,6 +91,13 @@ impl<'a> OpenAiBackend<'a> {
         if dest.join(lm::adapter::CONFIG_FILE).exists() && dest.join(lm::adapter::WEIGHTS_FILE).exists() {
             return Ok(());
         }
+        if crate::policy::trained_form(self.dir, round) == Some(crate::policy::Form::Model) {
+            bail!(
+                "round {round}'s trainer left a whole model ({}); the openai policy backend loads each round as a \
+                 LoRA adapter: train with LoRA",
+                self.dir.model(round).display()
+            );
+        }
         let tmp = dest.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;

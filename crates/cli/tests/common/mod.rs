@@ -1,8 +1,13 @@
 //! What the binary's test files share: the binary itself, and the tiny loop job they run it on.
 #![allow(dead_code)] // each test file uses its own part
 
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The `activepref` binary, with no assets to find (the tests bring their own model and prompts).
 pub fn bin() -> Command {
@@ -86,4 +91,95 @@ pub fn spawn_openai_server(model: &Path, model_id: &str, key: &str) -> (std::pro
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     (child, format!("http://127.0.0.1:{port}/v1"))
+}
+
+/// Which review the test judge prefers: the one with more letters `e`; a content hash decides a few
+/// non-answers, so dropping and re-acquiring happen too.
+pub fn verdict(a: &str, b: &str) -> String {
+    let h = a.bytes().chain(b.bytes()).fold(7u64, |h, x| h.wrapping_mul(31).wrapping_add(x as u64));
+    if h % 9 == 0 {
+        return "Comparison: both are fine.\nPreferred: neither".into();
+    }
+    let (ea, eb) = (a.matches('e').count(), b.matches('e').count());
+    format!("Comparison: one has more e.\nPreferred: {}", if ea >= eb { "A" } else { "B" })
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
+    let i = s.find(start).map(|i| i + start.len()).unwrap_or(0);
+    let j = s[i..].find(end).map(|j| i + j).unwrap_or(s.len());
+    &s[i..j]
+}
+
+/// An OpenAI-compatible chat-completions server on 127.0.0.1 that judges by [`verdict`]; it records how
+/// often each question was asked.
+pub fn judge_server() -> (String, Arc<Mutex<HashMap<String, usize>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", l.local_addr().unwrap());
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let _ = serve_judge(s, &seen);
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Answers one connection's requests as the test judge.
+pub fn serve_judge(s: TcpStream, seen: &Mutex<HashMap<String, usize>>) -> std::io::Result<()> {
+    let mut r = BufReader::new(s.try_clone()?);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut len = 0;
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h)?;
+            if h.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body)?;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let user = v["messages"][1]["content"].as_str().unwrap_or("").to_string();
+        *seen.lock().unwrap().entry(user.clone()).or_default() += 1;
+        let a = between(&user, "Review A:\n", "\n\nReview B:");
+        let b = between(&user, "Review B:\n", "\n\nFIRST");
+        std::thread::sleep(Duration::from_millis(3));
+        let reply = serde_json::json!({"choices": [{"message": {"role": "assistant", "content": verdict(a, b)}}],
+            "usage": {"total_tokens": 50}})
+        .to_string();
+        let mut w = s.try_clone()?;
+        write!(
+            w,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        )?;
+        w.flush()?;
+    }
+}
+
+/// The `[oracle]` table of a run judged by [`judge_server`] at `url`, `concurrency` questions in flight.
+pub fn judge_oracle(url: &str, concurrency: usize) -> String {
+    format!(
+        r#"[oracle]
+kind = "judge"
+[oracle.judge]
+base_url = "{url}"
+model = "test-judge"
+api_key_env = "ACTIVEPREF_TEST_UNSET_KEY"
+retries = 2
+backoff_s = 0.01
+timeout_s = 5
+concurrency = {concurrency}"#
+    )
 }
