@@ -9,7 +9,8 @@
 //! - `{output}`: `round-N/train/output/`, emptied first, where the command leaves a PEFT adapter
 //!   (`adapter_config.json` + `adapter_model.safetensors`, in `{output}` or `{output}/adapter` as
 //!   `activepref dpo` writes it) or an HF model (`{output}` or `{output}/final`);
-//! - `{round}`, `{seed}` (the round's training seed), and `[train]`'s `{beta}`, `{learning_rate}`,
+//! - `{round}`, `{seed}` (the round's training seed, in 31 bits: transformers seeds numpy, which takes seeds
+//!   below 2³²), and `[train]`'s `{beta}`, `{learning_rate}`,
 //!   `{epochs}`, `{lora_r}`, `{lora_alpha}`.
 //!
 //! Its stdout and stderr go to `round-N/train/command.log`. A non-zero exit stops the run with the log's
@@ -53,7 +54,8 @@ impl TrainerBackend for CommandTrainer {
         std::fs::create_dir_all(&output)?;
         let t = &cfg.train;
         let lora = t.lora.as_ref();
-        let seed = seed_for(cfg.seed, &[TRAIN, round as u64]);
+        // transformers seeds numpy, which takes seeds below 2³²; 31 bits suit every trainer.
+        let seed = seed_for(cfg.seed, &[TRAIN, round as u64]) & 0x7fff_ffff;
         let values: Vec<(&str, String)> = vec![
             ("data_dir", quote(&data_dir)),
             ("data", quote(&data)),
@@ -94,7 +96,9 @@ impl TrainerBackend for CommandTrainer {
         }
         let form = adopt_result(&output, base, dir, round)?;
         events(Event::Info(format!("round {round}: the trainer command left {form}")));
-        Ok(last_loss(&output.join("trainer_state.json")).or_else(|| last_loss(&output.join("metrics.jsonl"))))
+        Ok(last_loss(&output.join("trainer_state.json"))
+            .or_else(|| last_loss(&output.join("metrics.jsonl")))
+            .or_else(|| logged_train_loss(&log_path)))
     }
 }
 
@@ -166,6 +170,16 @@ fn adopt_result(output: &Path, base: &lm::LanguageModel, dir: &crate::run_dir::R
     )
 }
 
+/// The last `'train_loss': x` that transformers' Trainer printed to the log (with `save_strategy no` it
+/// writes no `trainer_state.json`).
+fn logged_train_loss(log: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let at = text.rfind("'train_loss': ")? + "'train_loss': ".len();
+    let num: String =
+        text[at..].chars().take_while(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | 'e' | 'E' | '+')).collect();
+    num.parse().ok()
+}
+
 /// `template` with every `{name}` replaced; an unknown placeholder is an error naming it.
 fn render(template: &str, values: &[(&str, String)]) -> Result<String> {
     let mut out = String::with_capacity(template.len());
@@ -225,5 +239,9 @@ mod tests {
         let e = render("x {outptu}", &v).unwrap_err().to_string();
         assert!(e.contains("{outptu}") && e.contains("{output}"), "{e}");
         assert_eq!(quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
+        let tmp = std::env::temp_dir().join(format!("activepref-loss-{}.log", std::process::id()));
+        std::fs::write(&tmp, "x\n{'train_runtime': 0.2, 'train_loss': 0.6911606788635254, 'epoch': 1.0}\n").unwrap();
+        assert_eq!(logged_train_loss(&tmp), Some(0.6911606788635254));
+        let _ = std::fs::remove_file(&tmp);
     }
 }
