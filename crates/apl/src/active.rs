@@ -211,7 +211,7 @@ impl<'a> ActiveLoop<'a> {
     fn label_round(&mut self, round: usize, target: usize) -> Result<()> {
         let rounds = self.cfg.rounds.targets().len();
         let (cfg, dir, base) = (self.cfg.clone(), self.dir.clone(), self.base.with_params(self.base.params.clone())?);
-        let backend = backend::open(&cfg, &base, &dir)?;
+        let backend = backend::open(&cfg, &base, &dir).with_context(|| format!("round {round}: acquisition"))?;
         let mut policy: Option<Box<dyn PolicyModel>> = None;
         loop {
             let (have, dropped) = self.store.label_counts(round)?;
@@ -270,7 +270,8 @@ impl<'a> ActiveLoop<'a> {
             let events = &mut self.events;
             let cands = acquire(&self.cfg, &models, &pool, cursor, need, seed, &mut |what, done, total| {
                 events(Event::Progress { what: what.to_string(), done, total })
-            })?;
+            })
+            .with_context(|| format!("round {round}: acquisition"))?;
             let secs = t0.elapsed().as_secs_f64();
             self.store.insert_acquisition(round, attempt, strategy, need, secs, &cands)?;
         }
@@ -342,7 +343,7 @@ impl<'a> ActiveLoop<'a> {
             labels: &labels,
             events: &mut *self.events,
         };
-        let loss = trainer::open(&self.cfg).train(job)?;
+        let loss = trainer::open(&self.cfg).train(job).with_context(|| format!("round {round}: training"))?;
         self.store.mark_trained(round, target, n, loss, t0.elapsed().as_secs_f64())?;
         Ok(())
     }
@@ -354,7 +355,8 @@ impl<'a> ActiveLoop<'a> {
             (None, OracleHandle::Sync(o)) => Some(o.as_mut()),
             (None, OracleHandle::Human { .. }) => None,
         };
-        let backend = backend::open(&self.cfg, &self.base, &self.dir)?;
+        let backend =
+            backend::open(&self.cfg, &self.base, &self.dir).with_context(|| format!("round {round}: evaluation"))?;
         Evaluation {
             cfg: &self.cfg,
             store: &mut self.store,
@@ -363,5 +365,6 @@ impl<'a> ActiveLoop<'a> {
             events: &mut *self.events,
         }
         .run(round)
+        .with_context(|| format!("round {round}: evaluation"))
     }
 }

@@ -140,7 +140,7 @@ fn stopping_anywhere_and_resuming_gives_the_same_labels() {
         let r = open(&cfg(), dir.path(), oracle(&asked2, Some(before + k)), &mut ev).run();
         match r {
             Err(e) => {
-                assert!(e.to_string().contains("judge unreachable"), "{e}");
+                assert!(format!("{e:#}").contains("judge unreachable"), "{e:#}");
                 stops += 1;
                 // The failed question counted but was not answered.
                 asked2.fetch_sub(1, Ordering::SeqCst);

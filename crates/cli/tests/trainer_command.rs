@@ -76,6 +76,10 @@ fn a_command_trains_each_round_and_its_adapter_becomes_the_policy() {
     assert!(ok, "{log}");
     assert!(tmp.path().join("full-run/round-2/model/config.json").exists(), "{log}");
 
+    // A command that succeeds without leaving a model.
+    let nothing = config(tmp.path(), "nothing", &model, &judge, "echo done > {output}/log.txt");
+    let (ok, log) = run(&nothing, &tmp.path().join("nothing-run"));
+    assert!(!ok && log.contains("left neither a PEFT adapter") && log.contains("round 1: training"), "{log}");
     // A template with a typo is refused by name.
     let typo = config(tmp.path(), "typo", &model, &judge, "true {outptu} {output}");
     let (ok, log) = run(&typo, &tmp.path().join("typo-run"));

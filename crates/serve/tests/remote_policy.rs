@@ -167,3 +167,52 @@ fn servers_the_remote_backend_cannot_use_are_refused_by_name() {
     let e = format!("{:#}", c.validate().unwrap_err());
     assert!(e.contains("needs LoRA training"), "{e}");
 }
+
+/// A stand-in server whose `/v1/completions` answers every request with `choice` (its `logprobs` made up).
+fn fake_server(choice: serde_json::Value) -> String {
+    use axum::routing::post;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let app = axum::Router::new().route(
+        "/v1/completions",
+        post(move || {
+            let choice = choice.clone();
+            async move { axum::Json(serde_json::json!({"choices": [choice]})) }
+        }),
+    );
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    format!("http://{addr}/v1")
+}
+
+#[test]
+fn servers_without_raw_logprobs_are_refused_when_the_backend_connects() {
+    std::env::set_var(KEY_VAR, KEY);
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        // An OpenAI-compatible server that ignores `logprobs`.
+        (serde_json::json!({"index": 0, "text": "abc", "logprobs": null}), "no log-probs"),
+        // Token strings instead of ids: `return_tokens_as_token_ids` not honoured.
+        (
+            serde_json::json!({"index": 0, "text": "ab", "logprobs": {"tokens": ["a", "b"], "token_logprobs": [-1.0, -2.0]}}),
+            "return_tokens_as_token_ids",
+        ),
+        // Values after top-k filtering: every sampled token at log-prob 0 under top_k = 1.
+        (
+            serde_json::json!({"index": 0, "text": "ab", "logprobs": {"tokens": ["token_id:97", "token_id:98"],
+                               "token_logprobs": [0.0, 0.0]}}),
+            "raw_logprobs",
+        ),
+    ];
+    for (i, (choice, needle)) in cases.into_iter().enumerate() {
+        let url = fake_server(choice);
+        let e = format!("{:#}", run(&cfg(Some(&url)), &tmp.path().join(format!("r{i}")), None).unwrap_err());
+        assert!(e.contains(needle) && e.contains(&url) && e.contains("round 1: acquisition"), "{e}");
+    }
+}
