@@ -39,3 +39,20 @@ pub fn tiny_config(seed: u64) -> ActiveConfig {
     c.train.batch_size = 2;
     c
 }
+
+/// [`tiny_config`] set up for a whole run that finishes in seconds: over-generation and over-sampling 2, 2
+/// entropy samples, 4 labels a round, 6 held-out prompts, LoRA r 2 on every linear layer, 2 epochs with a
+/// checkpoint every step (so a stop mid-training resumes from one).
+pub fn tiny_run_config(seed: u64) -> ActiveConfig {
+    let mut c = tiny_config(seed);
+    c.acquisition.over_generate_factor = 2;
+    c.acquisition.over_sample_prompts_factor = 2;
+    c.acquisition.entropy_samples = 2;
+    c.rounds.labels_per_round = 4;
+    c.eval.prompts = 6;
+    c.train.epochs = 2;
+    c.train.save_steps = Some(1);
+    c.train.learning_rate = 2e-3;
+    c.train.lora = Some(dpo::train::LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] });
+    c
+}

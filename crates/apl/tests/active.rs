@@ -5,7 +5,7 @@
 use anyhow::Result;
 use apl::config::{ActiveConfig, OracleKind, Strategy};
 use apl::store::Store;
-use apl::testing::{movie_texts, tiny_config, LetterE};
+use apl::testing::{movie_texts, tiny_run_config, LetterE};
 use apl::{ActiveLoop, Event, OracleHandle};
 use candle_core::{DType, Device};
 use lm::testing::tiny_model;
@@ -38,17 +38,7 @@ fn texts() -> Vec<String> {
 }
 
 fn cfg() -> ActiveConfig {
-    let mut c = tiny_config(5);
-    c.acquisition.over_generate_factor = 2;
-    c.acquisition.over_sample_prompts_factor = 2;
-    c.acquisition.entropy_samples = 2;
-    c.rounds.labels_per_round = 4;
-    c.eval.prompts = 6;
-    c.train.epochs = 2;
-    c.train.save_steps = Some(1);
-    c.train.learning_rate = 2e-3;
-    c.train.lora = Some(dpo::train::LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] });
-    c
+    tiny_run_config(5)
 }
 
 fn oracle(asked: &Arc<AtomicUsize>, fail_after: Option<usize>) -> OracleHandle {

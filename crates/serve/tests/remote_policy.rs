@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use apl::config::{ActiveConfig, PolicyBackendKind, Strategy};
-use apl::testing::{movie_texts, tiny_config, LetterE};
+use apl::testing::{movie_texts, tiny_run_config, LetterE};
 use apl::{ActiveLoop, Event, OracleHandle};
 use candle_core::DType;
 use lm::testing::tiny_model;
@@ -20,17 +20,8 @@ const KEY_VAR: &str = "ACTIVEPREF_TEST_POLICY_KEY";
 const KEY: &str = "remote-policy-test-key";
 
 fn cfg(base_url: Option<&str>) -> ActiveConfig {
-    let mut c = tiny_config(3);
+    let mut c = tiny_run_config(3);
     c.acquisition.strategy = Strategy::Hybrid;
-    c.acquisition.over_generate_factor = 2;
-    c.acquisition.over_sample_prompts_factor = 2;
-    c.acquisition.entropy_samples = 2;
-    c.rounds.labels_per_round = 4;
-    c.eval.prompts = 6;
-    c.train.epochs = 2;
-    c.train.save_steps = Some(1);
-    c.train.learning_rate = 2e-3;
-    c.train.lora = Some(dpo::train::LoraConfig { r: 2, alpha: 4.0, target_modules: vec!["all-linear".into()] });
     if let Some(url) = base_url {
         c.policy.backend = PolicyBackendKind::Openai;
         c.policy.base_url = url.to_string();
