@@ -432,8 +432,8 @@ impl ActiveConfig {
         j.max_calls = d.max_calls;
         j.max_cost_tokens = d.max_cost_tokens;
         j.concurrency = d.concurrency;
-        // How many sequences go through the model at once changes the speed, not the samples (each row has
-        // its own RNG stream and its own numbers).
+        // How many sequences go through the model at once changes the speed, not the random numbers (each row
+        // has its own RNG stream); only float rounding, which now and then changes a sample.
         c.generation.batch_size = GenerationConfig::default().batch_size;
         // Where the policy runs changes the speed, not the questions: a server over the same weights samples
         // and scores the same tokens (up to float rounding).

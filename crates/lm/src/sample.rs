@@ -1,7 +1,9 @@
 //! Batched sampling with a KV cache: temperature, top-k, top-p, per-row lengths, stop at EOS.
 //!
 //! Each prompt draws from its own RNG, seeded from the run seed and the prompt's index, so the same seed
-//! gives the same text whatever the batch size. Sampling runs without an autograd graph (the weights are
+//! gives the same random numbers whatever the batch size. The logits are the same up to float rounding (a
+//! batch pads its prompts to one length, and other shapes reduce in another order): on SmolLM2, batch 128
+//! against batch 1 gave 127 of 128 completions token for token, log-prob sums within 7e-5. Sampling runs without an autograd graph (the weights are
 //! plain tensors unless the caller made them trainable).
 
 use crate::arch::layers::Positions;
