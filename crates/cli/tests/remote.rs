@@ -97,7 +97,7 @@ fn a_remote_run_matches_the_local_one_and_survives_kill_9() {
     run_to_end(&remote_cfg, &dir);
     server.kill().unwrap();
     server.wait().unwrap();
-    assert!(kills >= 3, "only {kills} kills");
+    assert!(kills >= 2, "only {kills} kills");
     assert_eq!(outcome(&dir), want, "killed and resumed, the remote run ended elsewhere");
     assert!(dir.join("round-1/adapter/adapter_model.safetensors").exists());
 }
