@@ -13,12 +13,12 @@
 //! was never interrupted.
 
 use crate::acquire::{acquire, Models, PoolCursor};
-use crate::backend::{self, PolicyModel};
+use crate::backend::{self, PolicyBackend, PolicyModel};
 use crate::config::{ActiveConfig, OracleKind};
 use crate::eval::Evaluation;
 use crate::event::Event;
 use crate::oracles::OracleHandle;
-use crate::policy::{check_saved, load_policy};
+use crate::policy::check_saved;
 use crate::report::write_outputs;
 use crate::results::RoundResult;
 use crate::run_dir::{write_atomic, RunDir};
@@ -182,10 +182,15 @@ impl<'a> ActiveLoop<'a> {
         }
         let last = targets.len();
         let mut results = Vec::new();
+        // Where the run samples and scores, opened once, when a stage first needs it (a remote backend checks
+        // its server then). It borrows copies of the config, directory and model (the tensors are shared), so
+        // that the steps below can take `self` mutably.
+        let (cfg, dir, base) = (self.cfg.clone(), self.dir.clone(), self.base.with_params(self.base.params.clone())?);
+        let mut opened: Option<Box<dyn PolicyBackend + '_>> = None;
         for (i, &target) in targets.iter().enumerate() {
             let round = i + 1;
             if !self.store.round_trained(round)? {
-                self.label_round(round, target)?;
+                self.label_round(round, target, open_once(&mut opened, &cfg, &base, &dir, round, "acquisition")?)?;
                 self.train_round(round, target)?;
             } else if let Err(e) = check_saved(&self.base, &self.dir, round) {
                 // The store says trained, the file is gone or damaged (deleted, or a crash the disk did not
@@ -194,24 +199,17 @@ impl<'a> ActiveLoop<'a> {
                 self.train_round(round, target)?;
             }
             if self.cfg.eval.every_round || round == last {
-                self.evaluate(round)?;
+                self.evaluate(round, open_once(&mut opened, &cfg, &base, &dir, round, "evaluation")?)?;
             }
             results = write_outputs(&self.store, &self.cfg, &self.dir)?;
         }
         Ok(results)
     }
 
-    /// The policy after `round` rounds (0 = the starting model), as a plain model (adapters merged).
-    pub fn policy_model(&self, round: usize) -> Result<LanguageModel> {
-        load_policy(&self.base, self.cfg.train.lora.as_ref(), &self.dir, round)
-    }
-
     /// Acquires and labels until the round holds `target` labels (cumulative), with the policy of the round
     /// before, from the run's backend (loaded once, when the first acquisition needs it).
-    fn label_round(&mut self, round: usize, target: usize) -> Result<()> {
+    fn label_round(&mut self, round: usize, target: usize, backend: &dyn PolicyBackend) -> Result<()> {
         let rounds = self.cfg.rounds.targets().len();
-        let (cfg, dir, base) = (self.cfg.clone(), self.dir.clone(), self.base.with_params(self.base.params.clone())?);
-        let backend = backend::open(&cfg, &base, &dir).with_context(|| format!("round {round}: acquisition"))?;
         let mut policy: Option<Box<dyn PolicyModel>> = None;
         loop {
             let (have, dropped) = self.store.label_counts(round)?;
@@ -349,22 +347,29 @@ impl<'a> ActiveLoop<'a> {
     }
 
     /// Win rate of the round's policy against the starting model on the held-out prompts (`eval.rs`).
-    fn evaluate(&mut self, round: usize) -> Result<()> {
+    fn evaluate(&mut self, round: usize, backend: &dyn PolicyBackend) -> Result<()> {
         let oracle: Option<&mut dyn Oracle> = match (&mut self.eval_oracle, &mut self.oracle) {
             (Some(o), _) => Some(o.as_mut()),
             (None, OracleHandle::Sync(o)) => Some(o.as_mut()),
             (None, OracleHandle::Human { .. }) => None,
         };
-        let backend =
-            backend::open(&self.cfg, &self.base, &self.dir).with_context(|| format!("round {round}: evaluation"))?;
-        Evaluation {
-            cfg: &self.cfg,
-            store: &mut self.store,
-            backend: backend.as_ref(),
-            oracle,
-            events: &mut *self.events,
-        }
-        .run(round)
-        .with_context(|| format!("round {round}: evaluation"))
+        Evaluation { cfg: &self.cfg, store: &mut self.store, backend, oracle, events: &mut *self.events }
+            .run(round)
+            .with_context(|| format!("round {round}: evaluation"))
     }
+}
+
+/// The run's backend, opened into `slot` the first time a stage (named in the error) needs it.
+fn open_once<'s, 'a>(
+    slot: &'s mut Option<Box<dyn PolicyBackend + 'a>>,
+    cfg: &'a ActiveConfig,
+    base: &'a LanguageModel,
+    dir: &'a RunDir,
+    round: usize,
+    stage: &str,
+) -> Result<&'s dyn PolicyBackend> {
+    if slot.is_none() {
+        *slot = Some(backend::open(cfg, base, dir).with_context(|| format!("round {round}: {stage}"))?);
+    }
+    Ok(slot.as_deref().expect("opened above"))
 }

@@ -317,8 +317,6 @@ impl PolicyModel for RemoteModel {
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f64>> {
         let chunks: Vec<&[(Vec<u32>, Vec<u32>)]> = items.chunks(batch_size.max(1)).collect();
-        let mut rows_done = 0;
-        let sizes: Vec<usize> = chunks.iter().map(|c| c.len()).collect();
         let per_chunk = parallel(
             chunks.len(),
             self.server.concurrency,
@@ -327,10 +325,8 @@ impl PolicyModel for RemoteModel {
                 let from: Vec<usize> = chunks[k].iter().map(|(p, _)| p.len()).collect();
                 self.score_batch(&seqs, &from)
             },
-            &mut |done| {
-                rows_done = sizes[..done].iter().sum();
-                progress(rows_done)
-            },
+            // Every chunk but the last is full, so `done` chunks are this many rows, whichever finished.
+            &mut |done| progress((done * batch_size.max(1)).min(items.len())),
         )?;
         Ok(per_chunk.into_iter().flatten().collect())
     }
