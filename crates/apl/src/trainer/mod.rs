@@ -97,12 +97,34 @@ impl TrainerBackend for LocalTrainer {
 /// `trainer_state.json`.
 pub(crate) fn last_loss(metrics: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(metrics).ok()?;
-    if let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) {
-        let log = state.get("log_history")?.as_array()?;
+    // A one-line metrics.jsonl parses as one object too: only an object with `log_history` is a trainer state.
+    let state = serde_json::from_str::<serde_json::Value>(&text).ok();
+    if let Some(log) = state.as_ref().and_then(|s| s.get("log_history")).and_then(|l| l.as_array()) {
         return log.iter().rev().find_map(|e| e.get("loss").or_else(|| e.get("train_loss"))?.as_f64());
     }
     text.lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find_map(|v| v["loss"].as_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_loss;
+
+    #[test]
+    fn the_last_loss_of_either_log() {
+        let dir = std::env::temp_dir().join(format!("activepref-last-loss-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let one = dir.join("one.jsonl");
+        std::fs::write(&one, "{\"step\": 1, \"loss\": 0.5}\n").unwrap();
+        assert_eq!(last_loss(&one), Some(0.5), "a metrics file of one line");
+        let two = dir.join("two.jsonl");
+        std::fs::write(&two, "{\"loss\": 0.5}\n{\"loss\": 0.25}\n").unwrap();
+        assert_eq!(last_loss(&two), Some(0.25));
+        let state = dir.join("trainer_state.json");
+        std::fs::write(&state, r#"{"log_history": [{"loss": 0.7}, {"train_loss": 0.6}]}"#).unwrap();
+        assert_eq!(last_loss(&state), Some(0.6));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
