@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Rebuilds vendor/candle-core from the crates.io source in ~/.cargo/registry and applies activepref's patch
-(vendor/README.md): gradients accumulate without starting from zeros. Usage: scripts/vendor-candle.py [VERSION]"""
+(vendor/README.md): gradients accumulate without starting from zeros, and a matmul's frozen operand gets none. Usage: scripts/vendor-candle.py [VERSION]"""
 import glob, os, re, shutil, sys
 
 version = sys.argv[1] if len(sys.argv) > 1 else "0.11.1"
@@ -74,5 +74,22 @@ text = text.replace(anchor, '''    /// Adds `grad` to the gradient of `tensor`, 
     }
 
 ''' + anchor)
+# The matmul's backward computes an operand's gradient only when that operand is in the graph.
+matmul = """                        let lhs_grad = grad.matmul(&rhs.t()?)?;
+                        grads.accumulate(lhs, &lhs_grad)?;
+
+                        let rhs_grad = lhs.t()?.matmul(&grad)?;
+                        grads.accumulate(rhs, &rhs_grad)?;"""
+assert matmul in text, "the matmul backward not found: the patch needs updating for this release"
+text = text.replace(matmul, """                        // activepref's patch (vendor/README.md): an operand outside the graph (a frozen
+                        // weight) gets no gradient, so its product is not computed.
+                        if lhs.track_op() {
+                            let lhs_grad = grad.matmul(&rhs.t()?)?;
+                            grads.accumulate(lhs, &lhs_grad)?;
+                        }
+                        if rhs.track_op() {
+                            let rhs_grad = lhs.t()?.matmul(&grad)?;
+                            grads.accumulate(rhs, &rhs_grad)?;
+                        }""")
 open(path, "w").write(text)
-print(f"vendor/candle-core: candle-core {version}, {n} accumulation sites patched")
+print(f"vendor/candle-core: candle-core {version}, {n} accumulation sites patched, matmul backward skips frozen operands")

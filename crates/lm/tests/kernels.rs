@@ -246,3 +246,23 @@ fn fused_masked_softmax_equals_candle_ops_and_finite_differences() {
         }
     }
 }
+
+/// The vendored candle's matmul backward (vendor/README.md) gives a constant operand no gradient and the
+/// tracked one the same gradient as before, on either side of the product.
+#[test]
+fn a_matmul_gives_no_gradient_to_a_constant_operand() {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::arange(0f64, 6.0, &dev).unwrap().reshape((2, 3)).unwrap()).unwrap();
+    let w = Tensor::arange(1f64, 13.0, &dev).unwrap().reshape((4, 3)).unwrap();
+    // d/dx sum(x Wᵀ) = 1 W: every row of x gets the column sums of Wᵀ, i.e. the sums of W's columns.
+    let g = x.as_tensor().matmul(&w.t().unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&w).is_none(), "the constant operand got a gradient");
+    let want = w.sum(0).unwrap().unsqueeze(0).unwrap().broadcast_as((2, 3)).unwrap().to_vec2::<f64>().unwrap();
+    assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f64>().unwrap(), want);
+    // The constant on the left: d/dx sum(W x) for x (3, 2).
+    let x = Var::from_tensor(&Tensor::arange(0f64, 6.0, &dev).unwrap().reshape((3, 2)).unwrap()).unwrap();
+    let g = w.matmul(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&w).is_none());
+    let want = w.sum(0).unwrap().unsqueeze(1).unwrap().broadcast_as((3, 2)).unwrap().to_vec2::<f64>().unwrap();
+    assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f64>().unwrap(), want);
+}
