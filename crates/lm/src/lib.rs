@@ -10,6 +10,7 @@ pub mod load;
 pub mod model;
 pub mod params;
 pub mod sample;
+pub mod sample_device;
 pub mod score;
 pub mod testing;
 pub mod tokenizer;

@@ -65,8 +65,9 @@ impl LanguageModel {
         self.params.tensors.values().next().map(|t| t.dtype()).unwrap_or(DType::F32)
     }
 
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_layers)
+    /// A KV cache with room for `capacity` positions per sequence (it grows if a sequence outruns it).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::with_capacity(self.config.num_layers, capacity)
     }
 
     /// Final hidden states `(B, T, d)` for token ids `(B, T)`.
@@ -192,31 +193,37 @@ impl LanguageModel {
     }
 
     /// A model with random weights (for tests and benchmarks): N(0, 0.02) matrices, norm scales near
-    /// one, small random biases.
+    /// one, small random biases. The weights are drawn on the host in blocks of [`RANDOM_BLOCK`] values,
+    /// each from its own stream (seed, tensor, block), in parallel: the same seed gives the same weights
+    /// on every machine, thread count and device (they are moved to `device` once drawn).
     pub fn random(config: ModelConfig, tokenizer: Tokenizer, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
-        let mut rng = StdRng::seed_from_u64(seed);
+        use rayon::prelude::*;
         let mut params = Params::new(format!("random {} model", config.model_type));
-        for (name, shape) in param_shapes(&config) {
+        let is_gemma = config.arch == Arch::Gemma3;
+        for (ti, (name, shape)) in param_shapes(&config).into_iter().enumerate() {
             let n: usize = shape.iter().product();
             let is_norm = shape.len() == 1 && (name.contains("norm") || name.contains("ln_"));
-            let is_gemma = config.arch == Arch::Gemma3;
-            let data: Vec<f32> = (0..n)
-                .map(|_| {
+            let centre = if is_norm && !is_gemma && name.ends_with("weight") { 1.0 } else { 0.0 };
+            let scale = if is_norm { 0.1 } else { 0.02 };
+            let mut data = vec![0f32; n];
+            data.par_chunks_mut(RANDOM_BLOCK).enumerate().for_each(|(bi, block)| {
+                let key = seed ^ ((ti as u64) << 32 | bi as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut rng = StdRng::seed_from_u64(key);
+                for x in block {
                     // Box–Muller normal from two uniforms.
                     let (u1, u2): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random::<f32>());
                     let z = (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos();
-                    if is_norm {
-                        (if is_gemma || !name.ends_with("weight") { 0.0 } else { 1.0 }) + 0.1 * z
-                    } else {
-                        0.02 * z
-                    }
-                })
-                .collect();
+                    *x = centre + scale * z;
+                }
+            });
             params.insert(name, Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?);
         }
         Self::from_params(config, tokenizer, params)
     }
 }
+
+/// Values per independently seeded block of [`LanguageModel::random`]'s weights.
+pub const RANDOM_BLOCK: usize = 1 << 20;
 
 /// Every parameter of an architecture under its HF name, with its shape.
 pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {

@@ -245,27 +245,37 @@ fn generate_batch(
     }
     let mut input = Tensor::from_vec(ids, (unique.len(), t0), &dev)?;
     let mut ctx = Positions { start: 0, left_pad: unique.iter().map(|&u| left_pad[u]).collect() };
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache(t0 + max_steps);
     // Rows still generating, as indices into `samples`; the cache holds exactly these rows.
     let mut active: Vec<usize> = (0..b).collect();
     let mut prefill = true;
+    // Off the CPU, plain temperature sampling runs where the logits are (no B × V copy to the host per step).
+    let on_device = !dev.is_cpu() && device_samples(params, model.config.vocab_size);
     loop {
         let t = input.dim(1)?;
         let h = model.hidden(&input, &ctx, Some(&mut cache))?;
         let h_last = h.narrow(1, t - 1, 1)?; // (B', 1, d)
-        let logits = model.logits(&h_last)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?; // (B', V)
-        let mut rows: Vec<Vec<f32>> = logits.to_vec2()?;
+        let mut logits = model.logits(&h_last)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?; // (B', V)
         if std::mem::take(&mut prefill) && unique.len() < b {
             // (U, ·) → (B, ·): every row gets its prompt's cache and logits.
-            cache.select_rows(&Tensor::new(of_row.as_slice(), &dev)?)?;
-            rows = of_row.iter().map(|&u| rows[u as usize].clone()).collect();
+            let of_row = Tensor::new(of_row.as_slice(), &dev)?;
+            cache.select_rows(&of_row)?;
+            logits = logits.index_select(&of_row, 0)?; // (B, V)
             ctx.left_pad = left_pad.clone();
         }
         ctx.start += t;
-        // Draw every row's token in parallel (a pass over the vocabulary per row): each row has its own RNG,
-        // so the draws do not depend on the threads.
-        let picks: Vec<(u32, f32)> =
-            rows.par_iter().zip(rngs.par_iter_mut()).map(|(row, rng)| sample_with_logprob(row, params, rng)).collect();
+        let picks: Vec<(u32, f32)> = if on_device {
+            // Each row's uniform number from its own stream, as the host sampler draws it; the draw itself
+            // where the logits are.
+            let u: Vec<f64> = rngs.iter_mut().map(|r| r.random::<f64>()).collect();
+            let (toks, lps) = crate::sample_device::sample_rows(&logits, &u, params.temperature)?;
+            toks.into_iter().zip(lps).collect()
+        } else {
+            // Draw every row's token in parallel (a pass over the vocabulary per row): each row has its own
+            // RNG, so the draws do not depend on the threads.
+            let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+            rows.par_iter().zip(rngs.par_iter_mut()).map(|(row, rng)| sample_with_logprob(row, params, rng)).collect()
+        };
         let mut next = Vec::with_capacity(active.len());
         let mut keep = Vec::with_capacity(active.len());
         for (r, &si) in active.iter().enumerate() {
@@ -294,6 +304,11 @@ fn generate_batch(
         input = Tensor::from_vec(next, (active.len(), 1), &dev)?;
     }
     Ok(samples)
+}
+
+/// Whether [`crate::sample_device`] can draw with `params`: a temperature above 0 and no top-k or top-p filter.
+pub fn device_samples(params: &SampleParams, vocab: usize) -> bool {
+    params.temperature > 0.0 && (params.top_k == 0 || params.top_k >= vocab) && params.top_p >= 1.0
 }
 
 /// The distinct prompts of a batch (index of each one's first row) and, for every row, the position of its

@@ -98,20 +98,24 @@ fn kv_cache_decoding_equals_the_full_forward() {
         let m = tiny_model(kind, 3, DType::F32).unwrap();
         let rows = ids(2, 10, 5);
         let full = m.forward(&batch_tensor(&rows)).unwrap(); // (B, T, V)
-                                                             // Prefill 6 tokens, then one token at a time.
-        let mut cache = m.new_cache();
-        let mut ctx = Positions::fresh(2);
-        let pre: Vec<Vec<u32>> = rows.iter().map(|r| r[..6].to_vec()).collect();
-        let mut steps = vec![m.logits(&m.hidden(&batch_tensor(&pre), &ctx, Some(&mut cache)).unwrap()).unwrap()];
-        ctx.start = 6;
-        for t in 6..10 {
-            let step: Vec<Vec<u32>> = rows.iter().map(|r| vec![r[t]]).collect();
-            steps.push(m.logits(&m.hidden(&batch_tensor(&step), &ctx, Some(&mut cache)).unwrap()).unwrap());
-            ctx.start += 1;
+                                                             // Capacities: none given (the buffer doubles), too small (it grows once), exact.
+        for capacity in [0, 7, 10] {
+            // Prefill 6 tokens, then one token at a time.
+            let mut cache = m.new_cache(capacity);
+            let mut ctx = Positions::fresh(2);
+            let pre: Vec<Vec<u32>> = rows.iter().map(|r| r[..6].to_vec()).collect();
+            let mut steps = vec![m.logits(&m.hidden(&batch_tensor(&pre), &ctx, Some(&mut cache)).unwrap()).unwrap()];
+            ctx.start = 6;
+            for t in 6..10 {
+                let step: Vec<Vec<u32>> = rows.iter().map(|r| vec![r[t]]).collect();
+                steps.push(m.logits(&m.hidden(&batch_tensor(&step), &ctx, Some(&mut cache)).unwrap()).unwrap());
+                ctx.start += 1;
+            }
+            assert_eq!(cache.len(0), 10);
+            let cached = Tensor::cat(&steps, 1).unwrap();
+            let d = max_abs_diff(&full, &cached);
+            assert!(d < 1e-4, "{kind}, capacity {capacity}: cached decode differs from full forward by {d}");
         }
-        let cached = Tensor::cat(&steps, 1).unwrap();
-        let d = max_abs_diff(&full, &cached);
-        assert!(d < 1e-4, "{kind}: cached decode differs from full forward by {d}");
     }
 }
 

@@ -86,3 +86,43 @@ fn a_samples_log_probs_are_its_scored_log_probs() {
         assert!((s.sum_logprob() - sum).abs() < 1e-4, "sampled {} vs scored {sum}", s.sum_logprob());
     }
 }
+
+/// The device draw (two-level running sum in f32, what CUDA runs) picks the host draw's token for the same
+/// uniform number, save a draw within rounding of a boundary, and returns the same log-probability.
+#[test]
+fn the_device_draw_is_the_host_draw() {
+    use lm::sample::{sample_with_logprob, SampleParams};
+    use rand::{Rng, SeedableRng};
+    let dev = candle_core::Device::Cpu;
+    // A vocabulary that is not a multiple of the block, peaked and flat rows, two temperatures.
+    let (b, v) = (96, 1000);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let logits: Vec<f32> =
+        (0..b * v).map(|i| rng.random::<f32>() * if i / v % 3 == 0 { 12.0 } else { 3.0 } - 1.0).collect();
+    let t = candle_core::Tensor::from_vec(logits.clone(), (b, v), &dev).unwrap();
+    for temperature in [1.0, 0.7] {
+        let p = SampleParams { temperature, ..Default::default() };
+        let seeds: Vec<u64> = (0..b as u64).collect();
+        let host: Vec<(u32, f32)> = seeds
+            .iter()
+            .map(|&s| {
+                let mut r = rand::rngs::StdRng::seed_from_u64(s);
+                sample_with_logprob(&logits[s as usize * v..(s as usize + 1) * v], &p, &mut r)
+            })
+            .collect();
+        let u: Vec<f64> = seeds.iter().map(|&s| rand::rngs::StdRng::seed_from_u64(s).random::<f64>()).collect();
+        let (toks, lps) = lm::sample_device::sample_rows(&t, &u, temperature).unwrap();
+        let same = toks.iter().zip(&host).filter(|(a, h)| **a == h.0).count();
+        assert!(same >= b - 2, "T = {temperature}: {same} of {b} draws agree");
+        for (i, &tok) in toks.iter().enumerate() {
+            assert!((tok as usize) < v);
+            let want = {
+                let row = &logits[i * v..(i + 1) * v];
+                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let lse = m + row.iter().map(|&x| (x - m).exp()).sum::<f32>().ln();
+                row[tok as usize] - lse
+            };
+            assert!((lps[i] - want).abs() < 1e-4, "row {i}: log-prob {} vs {want}", lps[i]);
+        }
+    }
+}

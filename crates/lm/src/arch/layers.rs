@@ -332,32 +332,74 @@ impl Positions {
     }
 }
 
-/// Per-layer cached keys and values, `(B, n_kv, S, hd)` each.
+/// Per-layer cached keys and values, preallocated: each layer's keys and values live in one buffer
+/// `(B, n_kv, capacity, hd)` that every decoding step writes its new position into, so a step copies only
+/// its own keys and values (appending by concatenation copies the whole cache at every step, O(S²) over a
+/// sequence). The views handed to attention are the buffer's first `len` positions, read in place.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
-    pub layers: Vec<Option<(Tensor, Tensor)>>,
+    pub layers: Vec<Option<LayerKv>>,
+    /// Positions to allocate at the first append (grown by doubling if a sequence outruns it).
+    capacity: usize,
+}
+
+/// One layer's buffers and how many positions of them are filled.
+#[derive(Debug, Clone)]
+pub struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
 }
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers] }
+        Self::with_capacity(n_layers, 0)
     }
 
-    /// Appends this step's keys/values to layer `i` and returns the full keys/values.
+    /// A cache that allocates room for `capacity` positions per sequence at its first append (the prompt
+    /// plus the new tokens of a generation), so it never reallocates.
+    pub fn with_capacity(n_layers: usize, capacity: usize) -> Self {
+        Self { layers: vec![None; n_layers], capacity }
+    }
+
+    /// Positions cached in layer `i`.
+    pub fn len(&self, i: usize) -> usize {
+        self.layers.get(i).and_then(|l| l.as_ref()).map_or(0, |l| l.len)
+    }
+
+    /// Appends this step's keys/values `(B, n_kv, T, hd)` to layer `i` and returns the full keys/values
+    /// `(B, n_kv, S, hd)`, views of the buffers.
     pub fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        let (k, v) = match &self.layers[i] {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?), // (B, n_kv, S, hd)
-            None => (k, v),
-        };
-        self.layers[i] = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let (b, n_kv, t, hd) = k.dims4()?;
+        let len = self.len(i);
+        let have = self.layers[i].as_ref().map_or(0, |l| l.k.dim(2).unwrap_or(0));
+        if len + t > have {
+            let cap = (len + t).max(self.capacity).max(2 * have);
+            let fresh = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buf = Tensor::zeros((b, n_kv, cap, hd), k.dtype(), k.device())?; // (B, n_kv, cap, hd)
+                if let Some(old) = old {
+                    buf.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(buf)
+            };
+            let old = self.layers[i].take();
+            self.layers[i] =
+                Some(LayerKv { k: fresh(old.as_ref().map(|l| &l.k))?, v: fresh(old.as_ref().map(|l| &l.v))?, len });
+        }
+        let l = self.layers[i].as_mut().expect("allocated above");
+        l.k.slice_set(&k, 2, len)?;
+        l.v.slice_set(&v, 2, len)?;
+        l.len = len + t;
+        Ok((l.k.narrow(2, 0, l.len)?, l.v.narrow(2, 0, l.len)?)) // (B, n_kv, S, hd) each
     }
 
-    /// Keeps only rows `keep` of the batch (drops finished sequences during generation).
+    /// Keeps only rows `keep` of the batch (drops finished sequences during generation; repeats a prompt's
+    /// rows for its samples).
     pub fn select_rows(&mut self, keep: &Tensor) -> Result<()> {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(keep, 0)?;
-            *v = v.index_select(keep, 0)?;
+        for l in self.layers.iter_mut().flatten() {
+            l.k = l.k.index_select(keep, 0)?;
+            l.v = l.v.index_select(keep, 0)?;
         }
         Ok(())
     }
@@ -397,7 +439,9 @@ pub fn attention(
         scores = scores5.broadcast_add(&m)?.reshape((b, n_kv, rep * t, s))?; // (B, n_kv, rep*T, S)
     }
     let probs = softmax_last(&scores)?;
-    let y = probs.matmul(&v.contiguous()?)?; // (B, n_kv, rep*T, hd)
+    // `v` may be a view of the KV cache's buffer (rows of `hd` values, `capacity` apart): the matmul reads it
+    // in place.
+    let y = probs.matmul(v)?; // (B, n_kv, rep*T, hd)
     y.reshape((b, h, t, hd)) // (B, H, T, hd)
 }
 
