@@ -87,6 +87,19 @@ pub struct TrainConfig {
     pub ref_model_sync_steps: u64,
     /// KTO (`[kto]`): present = train on unpaired good/bad rows with [`crate::kto::KtoTrainer`].
     pub kto: Option<KtoConfig>,
+    /// The dtype of the forward and backward passes: `f32`, or `bf16` (CUDA only) over f32 master weights and
+    /// f32 optimizer state, as PyTorch's autocast trains.
+    pub dtype: ComputeDtype,
+}
+
+/// `train.dtype`: what the passes compute in. The trainable weights and the optimizer's moments stay f32
+/// either way; `bf16` casts the weights for each step and the gradients flow back through the cast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    #[default]
+    F32,
+    Bf16,
 }
 
 impl Default for TrainConfig {
@@ -116,6 +129,7 @@ impl Default for TrainConfig {
             ref_model_mixup_alpha: 0.6,
             ref_model_sync_steps: 512,
             kto: None,
+            dtype: ComputeDtype::F32,
         }
     }
 }
@@ -183,6 +197,9 @@ impl TrainConfig {
         }
         if self.sync_ref_model {
             bail!("sync_ref_model (TR-DPO) is not supported with [kto]");
+        }
+        if self.dtype != ComputeDtype::F32 {
+            bail!("train.dtype = \"bf16\" is not supported with [kto] yet; use dtype = \"f32\"");
         }
         // Every [loss] key but beta belongs to the DPO family.
         let (now, default) = (serde_json::to_value(&self.loss)?, serde_json::to_value(LossParams::default())?);

@@ -25,7 +25,7 @@ pub mod optim;
 pub mod train;
 
 pub use checkpoint::{find_checkpoint, latest_checkpoint};
-pub use config::{KtoConfig, LoraConfig, TrainConfig};
+pub use config::{ComputeDtype, KtoConfig, LoraConfig, TrainConfig};
 pub use data::{load_pairs, read_preferences, Skipped, TokenPair};
 pub use kto::KtoTrainer;
 pub use loss::LossType;

@@ -11,13 +11,14 @@
 
 pub use crate::config::{LoraConfig, TrainConfig};
 
+use crate::config::ComputeDtype;
 use crate::data::TokenPair;
 use crate::loss::{rewards, token_loss, LossParams, LossType, PairLogps, TokenLogps};
 use crate::optim::{clip_coef, grad_norm, learning_rate, Optimizer};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Tensor, Var};
 use lm::score::completion_logprobs;
-use lm::LanguageModel;
+use lm::{LanguageModel, Params};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -161,6 +162,9 @@ pub struct Trainer {
     /// Seconds spent in each phase of the optimizer steps so far (`bench dpo` prints them: the profile
     /// that says where a step's time goes).
     pub timings: BTreeMap<&'static str, f64>,
+    /// With a compute dtype other than the weights' (`train.dtype = "bf16"`): that dtype and the frozen
+    /// weights already cast to it (the trainable ones are cast at every step, inside the graph).
+    compute: Option<(DType, Params)>,
 }
 
 impl Trainer {
@@ -202,6 +206,14 @@ impl Trainer {
         if train.is_empty() {
             bail!("no training pairs");
         }
+        let compute = match cfg.dtype {
+            ComputeDtype::F32 => None,
+            ComputeDtype::Bf16 if !policy.device().is_cuda() => bail!(
+                "train.dtype = \"bf16\" runs on CUDA only (--device cuda): on the CPU candle widens bf16 matrix \
+                 products to f32, so it would be slower than f32; use dtype = \"f32\""
+            ),
+            ComputeDtype::Bf16 => Some(DType::BF16),
+        };
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         // The reference is the model as loaded: plain tensors, no graph. With LoRA it shares them.
         let reference = if cfg.needs_reference() { Some(policy.with_params(policy.base_params())?) } else { None };
@@ -227,7 +239,11 @@ impl Trainer {
             plan,
             save_final_model: true,
             timings: BTreeMap::new(),
+            compute: None,
         };
+        if let Some(dt) = compute {
+            t.set_compute_dtype(dt)?;
+        }
         if t.cfg.precompute_ref_log_probs {
             if let Some(r) = &t.reference {
                 let bs = t.cfg.batch_size;
@@ -263,11 +279,40 @@ impl Trainer {
         crate::checkpoint::set_vars(&self.vars, tensors)
     }
 
+    /// Runs the forward and backward passes in `dtype` over the weights' own (mixed precision): the
+    /// trainable weights stay the masters the optimizer updates, the frozen ones and the reference are cast
+    /// once. `train.dtype = "bf16"` sets this; the tests use it to run an f64 model in f32.
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
+        let mut frozen = self.policy.params.clone();
+        let trainable: std::collections::HashSet<&str> = self.vars.iter().map(|(n, _)| n.as_str()).collect();
+        frozen.tensors.retain(|n, _| !trainable.contains(n.as_str()));
+        for t in frozen.tensors.values_mut() {
+            *t = t.to_dtype(dtype)?;
+        }
+        if let Some(r) = &self.reference {
+            self.reference = Some(r.with_params(r.params.to(dtype, r.device())?)?);
+        }
+        self.compute = Some((dtype, frozen));
+        Ok(())
+    }
+
+    /// The policy as the passes see it: itself, or its weights in the compute dtype, the trainable ones cast
+    /// through a graph op so that their gradients reach the masters.
+    fn compute_model(&self) -> Result<Option<LanguageModel>> {
+        let Some((dtype, frozen)) = &self.compute else { return Ok(None) };
+        let mut p = frozen.clone();
+        for (name, v) in &self.vars {
+            p.insert(name.clone(), v.as_tensor().to_dtype(*dtype)?);
+        }
+        Ok(Some(self.policy.with_params(p)?))
+    }
+
     fn batch(&self, idx: &[usize], eval: bool) -> Result<BatchLogps> {
         let (data, cache) = if eval { (&self.eval, &self.ref_eval) } else { (&self.train, &self.ref_train) };
         let pairs: Vec<&TokenPair> = idx.iter().map(|&i| &data[i]).collect();
         let dev = self.policy.device().clone();
-        let f = policy_logps(&self.policy, &pairs)?;
+        let cast = self.compute_model()?;
+        let f = policy_logps(cast.as_ref().unwrap_or(&self.policy), &pairs)?;
         let (ref_chosen, ref_rejected) = match (cache, &self.reference) {
             (Some(c), _) => {
                 let (a, b): (Vec<f32>, Vec<f32>) = idx.iter().map(|&i| c[i]).unzip();
@@ -404,7 +449,7 @@ impl Trainer {
         let mut p = r.params.clone();
         for (n, t) in p.tensors.iter_mut() {
             if let Some(x) = pol.tensors.get(n) {
-                *t = ((x * a)? + (&*t * (1.0 - a))?)?;
+                *t = ((x.to_dtype(t.dtype())? * a)? + (&*t * (1.0 - a))?)?;
             }
         }
         self.reference = Some(r.with_params(p)?);

@@ -295,6 +295,61 @@ fn bad_configs_are_rejected() {
     assert!(e.to_string().contains("[kto]") && e.to_string().contains("KTO trainer"), "{e}");
     let e = toml::from_str::<TrainConfig>("learning_rat = 1e-5").unwrap_err();
     assert!(e.to_string().contains("learning_rat"), "{e}");
+    // train.dtype: f32 or bf16, and bf16 only on CUDA.
+    let e = toml::from_str::<TrainConfig>("dtype = \"f16\"").unwrap_err();
+    assert!(e.to_string().contains("dtype") && e.to_string().contains("bf16"), "{e}");
+    let c = TrainConfig { dtype: dpo::ComputeDtype::Bf16, ..cfg() };
+    let e = Trainer::new(c, m(), synthetic(4, 1), vec![], out.path(), |_, _, _| {}).err().unwrap();
+    assert!(e.to_string().contains("train.dtype") && e.to_string().contains("CUDA"), "{e}");
+}
+
+/// Mixed precision as `train.dtype = "bf16"` runs it, shown on the CPU one step wider: f64 master weights and
+/// optimizer state, the passes in f32. The run follows the f32 run (same losses to f32 rounding), every
+/// trainable master moves and stays f64, and the frozen reference is in the compute dtype.
+#[test]
+fn a_compute_dtype_narrower_than_the_masters_trains_the_masters() {
+    for lora in [None, Some(LoraConfig { r: 2, alpha: 4.0, target_modules: vec![] })] {
+        let c = TrainConfig { lora: lora.clone(), epochs: 1, precompute_ref_log_probs: false, ..cfg() };
+        let run = |dtype: DType, compute: Option<DType>| {
+            let out = tempfile::tempdir().unwrap();
+            let m = tiny_model("llama", 3, dtype).unwrap();
+            let mut t = Trainer::new(c.clone(), m, synthetic(32, 2), vec![], out.path(), |_, _, _| {}).unwrap();
+            if let Some(d) = compute {
+                t.set_compute_dtype(d).unwrap();
+            }
+            let before = trained_weights_f64(&t);
+            let mut losses = Vec::new();
+            t.run(|s| losses.push(s.loss)).unwrap();
+            (t, before, losses)
+        };
+        let (plain, _, want) = run(DType::F32, None);
+        let (mixed, before, got) = run(DType::F64, Some(DType::F32));
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "lora {}: loss {g} vs f32 run's {w}", lora.is_some());
+        }
+        let after = trained_weights_f64(&mixed);
+        for ((n, b), (_, a)) in before.iter().zip(&after) {
+            assert_eq!(mixed.policy.params.tensors[n].dtype(), DType::F64, "{n} is no longer an f64 master");
+            let moved = b.iter().zip(a).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            assert!(moved > 0.0, "{n}: the master did not move");
+        }
+        let f32_weights = trained_weights(&plain);
+        for ((n, a), (_, w)) in after.iter().zip(&f32_weights) {
+            let d = a.iter().zip(w).map(|(x, y)| (x - *y as f64).abs()).fold(0.0, f64::max);
+            assert!(d < 1e-4, "{n}: the mixed run's weights are {d} from the f32 run's");
+        }
+    }
+}
+
+fn trained_weights_f64(t: &Trainer) -> Vec<(String, Vec<f64>)> {
+    t.trainable_names()
+        .into_iter()
+        .map(|n| {
+            let v = t.policy.params.tensors[&n].to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            (n, v)
+        })
+        .collect()
 }
 
 #[test]
