@@ -83,10 +83,70 @@ pub fn smollm2_135m_config() -> ModelConfig {
     }
 }
 
-/// Benchmark shapes by name: `tiny` (d 64, 2 layers, vocabulary 512) and `smollm2-135m`.
+/// GPT-2 small (124M: 12 layers, d 768, 12 heads, vocabulary 50,257, 1,024 positions, tied head).
+pub fn gpt2_124m_config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 50257,
+        hidden_size: 768,
+        intermediate_size: 3072,
+        num_layers: 12,
+        num_heads: 12,
+        num_kv_heads: 12,
+        head_dim: 64,
+        max_position: 1024,
+        bos_token_id: Some(50256),
+        eos_token_ids: vec![50256],
+        ..tiny_config("gpt2")
+    }
+}
+
+/// Qwen2.5-0.5B (24 layers, d 896, 14/2 heads, vocabulary 151,936, q/k/v biases, tied head).
+pub fn qwen25_05b_config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 151936,
+        hidden_size: 896,
+        intermediate_size: 4864,
+        num_layers: 24,
+        num_heads: 14,
+        num_kv_heads: 2,
+        head_dim: 64,
+        max_position: 32768,
+        norm_eps: 1e-6,
+        rope_theta: 1e6,
+        bos_token_id: None,
+        eos_token_ids: vec![151643],
+        ..tiny_config("qwen2")
+    }
+}
+
+/// TinyLlama-1.1B (22 layers, d 2,048, 32/4 heads, vocabulary 32,000, untied head): the ~1B Llama shape.
+pub fn tinyllama_11b_config() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 32000,
+        hidden_size: 2048,
+        intermediate_size: 5632,
+        num_layers: 22,
+        num_heads: 32,
+        num_kv_heads: 4,
+        head_dim: 64,
+        max_position: 2048,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        ..tiny_config("llama-untied")
+    }
+}
+
+/// The names [`named_shape`] accepts.
+pub const SHAPES: &[&str] = &["tiny", "gpt2-124m", "smollm2-135m", "qwen2.5-0.5b", "tinyllama-1.1b"];
+
+/// Benchmark shapes by name (random weights of real models' shapes): `tiny` (d 64, 2 layers, vocabulary
+/// 512) and the entries of [`SHAPES`].
 pub fn named_shape(name: &str) -> Option<ModelConfig> {
     match name {
+        "gpt2-124m" => Some(gpt2_124m_config()),
         "smollm2-135m" => Some(smollm2_135m_config()),
+        "qwen2.5-0.5b" => Some(qwen25_05b_config()),
+        "tinyllama-1.1b" => Some(tinyllama_11b_config()),
         "tiny" => Some(ModelConfig {
             vocab_size: 512,
             hidden_size: 64,
