@@ -97,11 +97,17 @@ enum RewardAction {
 #[derive(Subcommand)]
 enum BenchWhat {
     /// Forward, forward+backward and decode throughput of the language-model core.
-    Lm(bench::LmBenchArgs),
+    Lm(bench::lm::LmBenchArgs),
     /// DPO training throughput and peak memory: full vs LoRA, with and without the reference cache.
-    Dpo(bench::DpoBenchArgs),
+    Dpo(bench::dpo::DpoBenchArgs),
+    /// Forward-only scoring throughput (sequence log-probs, as acquisition and the reference cache use).
+    Score(bench::infer::ScoreBenchArgs),
+    /// Sampling throughput with the KV cache (new tokens per second, as candidate generation uses).
+    Sample(bench::infer::SampleBenchArgs),
+    /// Compare a device's logits, gradients and DPO loss curve with a CPU reference (scripts/gpu-check.sh).
+    Check(bench::check::CheckBenchArgs),
     /// LLM-judge answers per second with several requests in flight, against one at a time.
-    Judge(bench::JudgeBenchArgs),
+    Judge(bench::judge::JudgeBenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -548,9 +554,12 @@ fn main() {
             println!("{}", json!(tok.encode(&text)?));
             Ok(())
         })(),
-        Command::Bench { what: BenchWhat::Lm(a) } => bench::lm(a),
-        Command::Bench { what: BenchWhat::Dpo(a) } => bench::dpo(a),
-        Command::Bench { what: BenchWhat::Judge(a) } => bench::judge(a),
+        Command::Bench { what: BenchWhat::Lm(a) } => bench::lm::lm(a),
+        Command::Bench { what: BenchWhat::Dpo(a) } => bench::dpo::dpo(a),
+        Command::Bench { what: BenchWhat::Score(a) } => bench::infer::score(a),
+        Command::Bench { what: BenchWhat::Sample(a) } => bench::infer::sample(a),
+        Command::Bench { what: BenchWhat::Check(a) } => bench::check::check(a),
+        Command::Bench { what: BenchWhat::Judge(a) } => bench::judge::judge(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

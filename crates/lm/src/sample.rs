@@ -192,8 +192,29 @@ pub fn generate_watched(
         let lens: Vec<usize> = (0..chunk.len())
             .map(|i| lengths.map(|l| l[start + i].min(params.max_new_tokens)).unwrap_or(params.max_new_tokens))
             .collect();
-        out.extend(generate_batch(model, chunk, params, &lens, first_index + start, &mut on_token)?);
+        out.extend(generate_batch(model, chunk, params, &lens, first_index + start, &mut on_token, false)?);
         progress(out.len());
+    }
+    Ok(out)
+}
+
+/// [`generate`] drawing every token with [`crate::sample_device`] wherever the model is: what a CUDA model
+/// does, runnable on the CPU (the tests compare it with the host draw). `params` must allow the device draw
+/// ([`device_samples`]).
+pub fn generate_device_draw(
+    model: &LanguageModel,
+    prompts: &[Vec<u32>],
+    params: &SampleParams,
+    batch_size: usize,
+) -> Result<Vec<Sample>> {
+    if !device_samples(params, model.config.vocab_size) {
+        bail!("the device draw needs a temperature above 0 and no top-k or top-p filter");
+    }
+    let lens = vec![params.max_new_tokens; prompts.len()];
+    let mut out = Vec::with_capacity(prompts.len());
+    for (i, chunk) in prompts.chunks(batch_size.max(1)).enumerate() {
+        let start = i * batch_size.max(1);
+        out.extend(generate_batch(model, chunk, params, &lens[start..start + chunk.len()], start, &mut |_, _| true, true)?);
     }
     Ok(out)
 }
@@ -205,6 +226,7 @@ fn generate_batch(
     max_new: &[usize],
     first_index: usize,
     on_token: &mut dyn FnMut(usize, &Sample) -> bool,
+    force_device_draw: bool,
 ) -> Result<Vec<Sample>> {
     let dev = model.device().clone();
     let b = prompts.len();
@@ -250,7 +272,7 @@ fn generate_batch(
     let mut active: Vec<usize> = (0..b).collect();
     let mut prefill = true;
     // Off the CPU, plain temperature sampling runs where the logits are (no B × V copy to the host per step).
-    let on_device = !dev.is_cpu() && device_samples(params, model.config.vocab_size);
+    let on_device = force_device_draw || (!dev.is_cpu() && device_samples(params, model.config.vocab_size));
     loop {
         let t = input.dim(1)?;
         let h = model.hidden(&input, &ctx, Some(&mut cache))?;
