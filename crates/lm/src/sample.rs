@@ -214,7 +214,15 @@ pub fn generate_device_draw(
     let mut out = Vec::with_capacity(prompts.len());
     for (i, chunk) in prompts.chunks(batch_size.max(1)).enumerate() {
         let start = i * batch_size.max(1);
-        out.extend(generate_batch(model, chunk, params, &lens[start..start + chunk.len()], start, &mut |_, _| true, true)?);
+        out.extend(generate_batch(
+            model,
+            chunk,
+            params,
+            &lens[start..start + chunk.len()],
+            start,
+            &mut |_, _| true,
+            true,
+        )?);
     }
     Ok(out)
 }

@@ -10,7 +10,7 @@
 //! The reference is computed in f32; the device's f32 differs from it only by summation order, bf16 by
 //! its 8-bit mantissa, so the curve's tolerance is loose for bf16 and tight for f32.
 
-use super::{random_model, shape_list, DeviceArg};
+use super::{compute_dtype, random_model, shape_list, DeviceArg};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor, D};
 use clap::Args;
@@ -131,14 +131,6 @@ fn curve_record(name: &str, steps: u64, dtype: dpo::ComputeDtype, dev: &Device) 
     t.run(|s| losses.push(s.loss))?;
     let _ = std::fs::remove_dir_all(&out);
     Ok(losses)
-}
-
-fn compute_dtype(name: &str) -> Result<dpo::ComputeDtype> {
-    match name {
-        "f32" => Ok(dpo::ComputeDtype::F32),
-        "bf16" => Ok(dpo::ComputeDtype::Bf16),
-        other => bail!("--dtype {other:?}: expected f32 or bf16"),
-    }
 }
 
 /// One comparison: its name, the largest deviation, the tolerance, whether it held.

@@ -2,7 +2,7 @@
 //! reference and with the reference cache, each configuration in a child process of its own (so that the
 //! peak memory is that configuration's alone).
 
-use super::{peak_rss_mib, random_model, shape_list, DeviceArg};
+use super::{compute_dtype, peak_rss_mib, random_model, shape_list, DeviceArg};
 use anyhow::{bail, Context as _, Result};
 use candle_core::DType;
 use clap::Args;
@@ -56,14 +56,6 @@ fn mode_index(name: &str) -> Result<usize> {
         let names: Vec<&str> = DPO_MODES.iter().map(|m| m.0).collect();
         format!("--modes: unknown configuration {name:?} (expected {})", names.join(", "))
     })
-}
-
-fn compute_dtype(name: &str) -> Result<dpo::ComputeDtype> {
-    match name {
-        "f32" => Ok(dpo::ComputeDtype::F32),
-        "bf16" => Ok(dpo::ComputeDtype::Bf16),
-        other => bail!("--dtype {other:?}: expected f32 or bf16"),
-    }
 }
 
 fn dpo_one(a: &DpoBenchArgs, shape_name: &str, mode: usize) -> Result<serde_json::Value> {

@@ -64,6 +64,15 @@ pub fn shape_list(list: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// `--dtype` of training: `train.dtype`'s values.
+pub(crate) fn compute_dtype(name: &str) -> Result<::dpo::ComputeDtype> {
+    match name {
+        "f32" => Ok(::dpo::ComputeDtype::F32),
+        "bf16" => Ok(::dpo::ComputeDtype::Bf16),
+        other => bail!("--dtype {other:?}: expected f32 or bf16"),
+    }
+}
+
 /// `f`'s result and its wall-clock seconds; the device's queue is drained before the clock stops (CUDA runs
 /// asynchronously).
 pub(crate) fn time<T>(dev: &Device, f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
