@@ -266,3 +266,20 @@ fn a_matmul_gives_no_gradient_to_a_constant_operand() {
     let want = w.sum(0).unwrap().unsqueeze(1).unwrap().broadcast_as((3, 2)).unwrap().to_vec2::<f64>().unwrap();
     assert_eq!(g.get(x.as_tensor()).unwrap().to_vec2::<f64>().unwrap(), want);
 }
+
+/// The softmax of bf16 scores (training on CUDA with train.dtype = "bf16") sums in f32: each probability
+/// is the f32 softmax's to bf16 rounding, and the gradient reaches the bf16 input.
+#[test]
+fn a_bf16_softmax_sums_in_f32_and_has_a_gradient() {
+    let x32 = randn((4, 600), 3.0, DType::F32);
+    let x = Var::from_tensor(&x32.to_dtype(DType::BF16).unwrap()).unwrap();
+    let y = lm::kernels::norm::softmax_last(x.as_tensor()).unwrap();
+    assert_eq!(y.dtype(), DType::BF16);
+    let want = candle_nn::ops::softmax(&x.as_tensor().to_dtype(DType::F32).unwrap(), 1).unwrap();
+    let got = y.to_dtype(DType::F32).unwrap();
+    let rel = ((&got - &want).unwrap().abs().unwrap() / (want.abs().unwrap() + 1e-12).unwrap()).unwrap();
+    let worst = rel.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(worst < 1e-2, "bf16 softmax off by {worst} relative");
+    let g = (y.to_dtype(DType::F32).unwrap() * &want).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(x.as_tensor()).is_some(), "no gradient for the bf16 scores");
+}

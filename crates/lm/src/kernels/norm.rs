@@ -43,6 +43,11 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
 /// Softmax over the last dimension.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
     if !fused(x, &[]) {
+        // In f16/bf16 the sum of the exponentials is taken in f32 (as autocast does, and as candle's RMSNorm and
+        // LayerNorm compositions do): a bf16 running sum over hundreds of keys loses the small ones.
+        if matches!(x.dtype(), DType::BF16 | DType::F16) {
+            return Ok(candle_nn::ops::softmax(&x.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(x.dtype())?);
+        }
         return Ok(candle_nn::ops::softmax(x, D::Minus1)?);
     }
     Ok(x.apply_op1(Softmax)?)
