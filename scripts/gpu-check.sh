@@ -33,7 +33,12 @@ START=$(date +%s)
 stage() { echo "== [$(( $(date +%s) - START )) s] $*"; }
 
 if [ -z "$BIN" ]; then
-  if [ ! -x ./activepref-cuda ] && [ -f activepref-cuda.xz ]; then xz -dkf activepref-cuda.xz && chmod +x activepref-cuda; fi
+  if [ ! -x ./activepref-cuda ] && [ -f activepref-cuda.xz ]; then
+    # xz if the machine has it, else Python's lzma (the GPU machine has Python).
+    if command -v xz >/dev/null; then xz -dkf activepref-cuda.xz
+    else python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('activepref-cuda.xz'), open('activepref-cuda', 'wb'))"; fi
+    chmod +x activepref-cuda
+  fi
   BIN=./activepref-cuda
 fi
 [ -x "$BIN" ] || { echo "gpu-check.sh: no binary at $BIN (build one with scripts/build-cuda.sh, or pass --bin)" >&2; exit 2; }
