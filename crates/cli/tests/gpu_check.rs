@@ -73,4 +73,9 @@ fn a_device_that_computes_something_else_fails_the_check() {
     for line in ["tiny logits: lse", "tiny gradient norms", "tiny DPO loss"] {
         assert!(text.lines().any(|l| l.starts_with(line) && l.ends_with("FAIL")), "{line} not failed:\n{text}");
     }
+    // The curve alone (the second, bf16 pass on CUDA): only the curve is checked, and it fails.
+    let curve =
+        Command::new(bin).args(["bench", "check", "--curve-only", "--against"]).arg(&reference).output().unwrap();
+    let err = String::from_utf8_lossy(&curve.stderr);
+    assert!(!curve.status.success() && err.contains("1 of 1 checks failed"), "{err}");
 }
