@@ -455,3 +455,18 @@ fn ld_alpha_and_use_weighting_train_through_per_token_log_probs() {
     differs(&run(&|c| c.loss.ld_alpha = Some(0.5)), "ld_alpha = 0.5");
     differs(&run(&|c| c.loss.use_weighting = true), "use_weighting");
 }
+
+/// `save_checkpoints = false` (the benchmarks) trains the same and writes no checkpoint.
+#[test]
+fn a_run_without_checkpoints_writes_none() {
+    let out = tempfile::tempdir().unwrap();
+    let c = TrainConfig { epochs: 1, save_steps: Some(1), ..cfg() };
+    let m = tiny_model("llama", 1, DType::F32).unwrap();
+    let mut t = Trainer::new(c, m, synthetic(16, 1), vec![], out.path(), |_, _, _| {}).unwrap();
+    t.save_checkpoints = false;
+    t.save_final_model = false;
+    let mut steps = 0;
+    t.run(|_| steps += 1).unwrap();
+    assert!(steps > 0);
+    assert!(latest_checkpoint(out.path()).is_none(), "a checkpoint was written");
+}

@@ -131,6 +131,7 @@ fn curve_record(name: &str, steps: u64, dtype: dpo::ComputeDtype, dev: &Device) 
     let out = std::env::temp_dir().join(format!("activepref-bench-check-{}", std::process::id()));
     let mut t = Trainer::new(tc, model, pairs, vec![], &out, |_, _, _| {})?;
     t.save_final_model = false;
+    t.save_checkpoints = false;
     let mut losses = Vec::new();
     t.run(|s| losses.push(s.loss))?;
     let _ = std::fs::remove_dir_all(&out);

@@ -95,6 +95,7 @@ fn dpo_one(a: &DpoBenchArgs, shape_name: &str, mode: usize) -> Result<serde_json
     dev.synchronize()?;
     let setup = t0.elapsed().as_secs_f64();
     t.save_final_model = false;
+    t.save_checkpoints = false;
     // One warm-up step (allocations, thread pool, kernels loaded), then the timed steps: steady state.
     t.cfg.max_steps = Some(1);
     t.run(|_| {})?;
