@@ -83,20 +83,26 @@ fi
 
 stage "(b) activepref bench dpo|score|sample on $SHAPES ($DEVICE, $DTYPE)"
 : > "$OUTDIR/ours.jsonl"
+# A benchmark that fails (out of memory on one shape, say) is reported and the others still run: the first
+# run on a new machine should bring back every number it can.
+BENCH_FAILED=0
+bench() { "$BIN" bench "$@" >> "$OUTDIR/ours.jsonl" || { echo "FAILED: activepref bench $*" >&2; BENCH_FAILED=1; }; }
 IFS=, read -ra SHAPE_LIST <<< "$SHAPES"
 for s in "${SHAPE_LIST[@]}"; do
-  "$BIN" bench dpo --json --device "$DEVICE" --dtype "$DTYPE" --shapes "$s" --modes full-live,full-cache "${DPO_ARGS[@]}" >> "$OUTDIR/ours.jsonl"
-  "$BIN" bench score --json --device "$DEVICE" --shapes "$s" "${SCORE_ARGS[@]}" >> "$OUTDIR/ours.jsonl"
-  "$BIN" bench sample --json --device "$DEVICE" --dtype "$DTYPE" --shapes "$s" "${SAMPLE_ARGS[@]}" >> "$OUTDIR/ours.jsonl"
+  bench dpo --json --device "$DEVICE" --dtype "$DTYPE" --shapes "$s" --modes full-live,full-cache "${DPO_ARGS[@]}"
+  bench score --json --device "$DEVICE" --shapes "$s" "${SCORE_ARGS[@]}"
+  bench sample --json --device "$DEVICE" --dtype "$DTYPE" --shapes "$s" "${SAMPLE_ARGS[@]}"
   stage "  $s done"
 done
 
 if [ "$ANCHOR" = 1 ]; then
   stage "(b) the PyTorch anchor on the same shapes"
-  python3 scripts/bench/torch_anchor.py --device "$DEVICE" --shapes "$SHAPES" "${ANCHOR_ARGS[@]}" --out "$OUTDIR/anchor.json"
+  python3 scripts/bench/torch_anchor.py --device "$DEVICE" --shapes "$SHAPES" "${ANCHOR_ARGS[@]}" --out "$OUTDIR/anchor.json" \
+    || { echo "FAILED: the PyTorch anchor" >&2; BENCH_FAILED=1; }
 fi
 
 stage "ratios"
 python3 scripts/gpu/summary.py --ours "$OUTDIR/ours.jsonl" --anchor "$OUTDIR/anchor.json" --checks "$OUTDIR" \
   --out "$OUTDIR/gpu-check.json" --elapsed "$(( $(date +%s) - START ))"
 [ "$FAILED" = 0 ] || { echo "gpu-check.sh: a correctness check failed (see above and $OUTDIR/check-*.json)" >&2; exit 1; }
+[ "$BENCH_FAILED" = 0 ] || { echo "gpu-check.sh: a benchmark failed (see FAILED above)" >&2; exit 1; }
