@@ -3,8 +3,8 @@
 //! Each prompt draws from its own RNG, seeded from the run seed and the prompt's index, so the same seed
 //! gives the same random numbers whatever the batch size. The logits are the same up to float rounding (a
 //! batch pads its prompts to one length, and other shapes reduce in another order): on SmolLM2, batch 128
-//! against batch 1 gave 127 of 128 completions token for token, log-prob sums within 7e-5. Sampling runs without an autograd graph (the weights are
-//! plain tensors unless the caller made them trainable).
+//! against batch 1 gave 127 of 128 completions token for token, log-prob sums within 7e-5. Sampling runs
+//! without an autograd graph (the weights are plain tensors unless the caller made them trainable).
 
 use crate::arch::layers::Positions;
 use crate::model::LanguageModel;
@@ -181,21 +181,8 @@ pub fn generate_watched(
     mut progress: impl FnMut(usize),
     mut on_token: impl FnMut(usize, &Sample) -> bool,
 ) -> Result<Vec<Sample>> {
-    if let Some(l) = lengths {
-        if l.len() != prompts.len() {
-            bail!("{} completion lengths given for {} prompts", l.len(), prompts.len());
-        }
-    }
-    let mut out = Vec::with_capacity(prompts.len());
-    for (chunk_i, chunk) in prompts.chunks(batch_size.max(1)).enumerate() {
-        let start = chunk_i * batch_size.max(1);
-        let lens: Vec<usize> = (0..chunk.len())
-            .map(|i| lengths.map(|l| l[start + i].min(params.max_new_tokens)).unwrap_or(params.max_new_tokens))
-            .collect();
-        out.extend(generate_batch(model, chunk, params, &lens, first_index + start, &mut on_token, false)?);
-        progress(out.len());
-    }
-    Ok(out)
+    let batches = Batches { lengths, batch_size, first_index, force_device_draw: false };
+    generate_batches(model, prompts, params, batches, &mut progress, &mut on_token)
 }
 
 /// [`generate`] drawing every token with [`crate::sample_device`] wherever the model is: what a CUDA model
@@ -210,19 +197,40 @@ pub fn generate_device_draw(
     if !device_samples(params, model.config.vocab_size) {
         bail!("the device draw needs a temperature above 0 and no top-k or top-p filter");
     }
-    let lens = vec![params.max_new_tokens; prompts.len()];
+    let batches = Batches { lengths: None, batch_size, first_index: 0, force_device_draw: true };
+    generate_batches(model, prompts, params, batches, &mut |_| {}, &mut |_, _| true)
+}
+
+/// How [`generate_batches`] splits and numbers its prompts, and where it draws.
+struct Batches<'a> {
+    lengths: Option<&'a [usize]>,
+    batch_size: usize,
+    first_index: usize,
+    force_device_draw: bool,
+}
+
+fn generate_batches(
+    model: &LanguageModel,
+    prompts: &[Vec<u32>],
+    params: &SampleParams,
+    b: Batches,
+    progress: &mut dyn FnMut(usize),
+    on_token: &mut dyn FnMut(usize, &Sample) -> bool,
+) -> Result<Vec<Sample>> {
+    if let Some(l) = b.lengths {
+        if l.len() != prompts.len() {
+            bail!("{} completion lengths given for {} prompts", l.len(), prompts.len());
+        }
+    }
+    let size = b.batch_size.max(1);
     let mut out = Vec::with_capacity(prompts.len());
-    for (i, chunk) in prompts.chunks(batch_size.max(1)).enumerate() {
-        let start = i * batch_size.max(1);
-        out.extend(generate_batch(
-            model,
-            chunk,
-            params,
-            &lens[start..start + chunk.len()],
-            start,
-            &mut |_, _| true,
-            true,
-        )?);
+    for (chunk_i, chunk) in prompts.chunks(size).enumerate() {
+        let start = chunk_i * size;
+        let lens: Vec<usize> = (0..chunk.len())
+            .map(|i| b.lengths.map(|l| l[start + i].min(params.max_new_tokens)).unwrap_or(params.max_new_tokens))
+            .collect();
+        out.extend(generate_batch(model, chunk, params, &lens, b.first_index + start, on_token, b.force_device_draw)?);
+        progress(out.len());
     }
     Ok(out)
 }

@@ -10,7 +10,7 @@
 //! The reference is computed in f32; the device's f32 differs from it only by summation order, bf16 by
 //! its 8-bit mantissa, so the curve's tolerance is loose for bf16 and tight for f32.
 
-use super::{compute_dtype, random_model, shape_list, DeviceArg};
+use super::{compute_dtype, pairs, random_model, shape_list, token, DeviceArg};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Device, Tensor, D};
 use clap::Args;
@@ -57,7 +57,7 @@ const LEN: usize = 64;
 const HEAD: usize = 4;
 
 fn ids(vocab: usize) -> Vec<Vec<u32>> {
-    (0..SEQS).map(|i| (0..LEN).map(|j| ((i * 7919 + j * 131 + 1) % vocab) as u32).collect()).collect()
+    (0..SEQS).map(|i| (0..LEN).map(|j| token(i, j, vocab)).collect()).collect()
 }
 
 fn f64s(t: &Tensor) -> Result<Vec<f64>> {
@@ -109,14 +109,7 @@ fn curve_record(name: &str, steps: u64, dtype: dpo::ComputeDtype, dev: &Device) 
     use dpo::train::{TrainConfig, Trainer};
     const PAIRS: usize = 8;
     let model = random_model(name, DType::F32, dev)?;
-    let v = model.config.vocab_size;
-    let pairs: Vec<dpo::TokenPair> = (0..PAIRS)
-        .map(|i| {
-            let r =
-                |k: usize, off: usize| -> Vec<u32> { (0..k).map(|j| ((i * 7919 + j * 31 + off) % v) as u32).collect() };
-            dpo::TokenPair { line: i + 1, prompt: r(LEN / 2, 1), chosen: r(LEN / 2, 2), rejected: r(LEN / 2, 3) }
-        })
-        .collect();
+    let pairs = pairs(PAIRS, LEN / 2, LEN / 2, model.config.vocab_size);
     let tc = TrainConfig {
         batch_size: 2,
         learning_rate: 5e-5,

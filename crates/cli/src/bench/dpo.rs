@@ -2,7 +2,7 @@
 //! reference and with the reference cache, each configuration in a child process of its own (so that the
 //! peak memory is that configuration's alone).
 
-use super::{compute_dtype, peak_rss_mib, random_model, shape_list, DeviceArg};
+use super::{compute_dtype, pairs, peak_rss_mib, random_model, shape_list, DeviceArg};
 use anyhow::{bail, Context as _, Result};
 use candle_core::DType;
 use clap::Args;
@@ -59,27 +59,14 @@ fn mode_index(name: &str) -> Result<usize> {
 }
 
 fn dpo_one(a: &DpoBenchArgs, shape_name: &str, mode: usize) -> Result<serde_json::Value> {
-    use dpo::data::TokenPair;
     use dpo::train::{LoraConfig, TrainConfig, Trainer};
     let dev = a.device.open()?;
     let model = random_model(shape_name, DType::F32, &dev)?;
     let vocab = model.config.vocab_size;
     let (_, lora, cache) = DPO_MODES[mode];
     let half = a.seq_len / 2;
-    let n = a.pairs * (a.steps as usize + 1);
-    let pairs: Vec<TokenPair> = (0..n)
-        .map(|i| {
-            let r = |k: usize, off: usize| -> Vec<u32> {
-                (0..k).map(|j| ((i * 7919 + j * 31 + off) % vocab) as u32).collect()
-            };
-            TokenPair {
-                line: i + 1,
-                prompt: r(half, 1),
-                chosen: r(a.seq_len - half, 2),
-                rejected: r(a.seq_len - half, 3),
-            }
-        })
-        .collect();
+    // One batch for the warm-up step and one for each timed step.
+    let pairs = pairs(a.pairs * (a.steps as usize + 1), half, a.seq_len - half, vocab);
     let tc = TrainConfig {
         batch_size: a.pairs,
         learning_rate: 1e-5,

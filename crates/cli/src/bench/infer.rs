@@ -4,7 +4,7 @@
 //! cache (candidates and evaluation samples). Both print tokens per second, and with `--json` one line per
 //! shape for `scripts/gpu-check.sh`, which measures PyTorch on the same shapes beside them.
 
-use super::{median_time, random_model, shape_list, time, DeviceArg};
+use super::{median_time, random_model, shape_list, time, token, DeviceArg};
 use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::Args;
@@ -58,11 +58,6 @@ fn weights_dtype(name: &str) -> Result<DType> {
         "bf16" => Ok(DType::BF16),
         other => bail!("--dtype {other:?}: expected f32 or bf16"),
     }
-}
-
-/// Token ids for row `i`, position `j` of a benchmark batch (spread over the vocabulary, no randomness).
-fn token(i: usize, j: usize, vocab: usize) -> u32 {
-    ((i * 7919 + j * 131 + 1) % vocab) as u32
 }
 
 pub fn score(a: ScoreBenchArgs) -> Result<()> {

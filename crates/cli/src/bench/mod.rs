@@ -64,6 +64,24 @@ pub fn shape_list(list: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Token `j` of row `i` of a benchmark batch: spread over the vocabulary, no randomness.
+pub(crate) fn token(i: usize, j: usize, vocab: usize) -> u32 {
+    ((i * 7919 + j * 131 + 1) % vocab) as u32
+}
+
+/// `n` preference pairs of `prompt` + `completion` tokens each (chosen and rejected differ), no randomness:
+/// what `bench dpo` trains on and what the device check's loss curve (and its reference file) is made of.
+pub(crate) fn pairs(n: usize, prompt: usize, completion: usize, vocab: usize) -> Vec<::dpo::TokenPair> {
+    (0..n)
+        .map(|i| {
+            let r = |k: usize, off: usize| -> Vec<u32> {
+                (0..k).map(|j| ((i * 7919 + j * 31 + off) % vocab) as u32).collect()
+            };
+            ::dpo::TokenPair { line: i + 1, prompt: r(prompt, 1), chosen: r(completion, 2), rejected: r(completion, 3) }
+        })
+        .collect()
+}
+
 /// `--dtype` of training: `train.dtype`'s values.
 pub(crate) fn compute_dtype(name: &str) -> Result<::dpo::ComputeDtype> {
     match name {

@@ -352,10 +352,6 @@ pub struct LayerKv {
 }
 
 impl KvCache {
-    pub fn new(n_layers: usize) -> Self {
-        Self::with_capacity(n_layers, 0)
-    }
-
     /// A cache that allocates room for `capacity` positions per sequence at its first append (the prompt
     /// plus the new tokens of a generation), so it never reallocates.
     pub fn with_capacity(n_layers: usize, capacity: usize) -> Self {
