@@ -67,6 +67,8 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?; // (rows, in)
         let y = if Self::frozen_path(x, &w) {
             x2.contiguous()?.apply_op1(FrozenMatmul { w: w.detach() })?
+        } else if Self::trained_path(x, &w) {
+            x2.contiguous()?.apply_op2(&w.contiguous()?, TrainedMatmul)?
         } else if Self::inference_path(x, &w) {
             cpu_product(&x2, &w, true).map_err(to_candle)?
         } else {
@@ -136,6 +138,50 @@ impl candle_core::CustomOp1 for FrozenMatmul {
     }
 }
 
+/// `x Wᵀ` for a weight in the graph (full fine-tuning) as one node whose forward is [`x_wt`].
+///
+/// candle's `matmul(x, Wᵀ)` hands gemm `W` as a column-major operand, which it packs on every call: 130–160
+/// GFLOP/s on SmolLM2's training shapes where [`x_wt`] reaches 170–195 (docs/benchmarks.md). The backward is
+/// the same two products candle's would compute, each only for an operand in the graph.
+struct TrainedMatmul;
+
+impl candle_core::CustomOp2 for TrainedMatmul {
+    fn name(&self) -> &'static str {
+        "trained-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        ws: &candle_core::CpuStorage,
+        wl: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::CpuStorage;
+        let (rows, inp) = xl.shape().dims2()?;
+        let (out, w_inp) = wl.shape().dims2()?;
+        if w_inp != inp {
+            candle_core::bail!("trained-matmul: x is (…, {inp}), W is ({out}, {w_inp})")
+        }
+        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
+            candle_core::bail!("trained-matmul needs contiguous operands")
+        };
+        let y = match (xs, ws) {
+            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(x_wt(&x[xa..xb], rows, inp, &w[wa..wb], out)),
+            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(x_wt(&x[xa..xb], rows, inp, &w[wa..wb], out)),
+            _ => candle_core::bail!("trained-matmul supports f32 and f64 operands of one dtype"),
+        };
+        Ok((y, (rows, out).into()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // dx = g W (rows, in); dW = gᵀ x (out, in).
+        let dx = if x.track_op() { Some(cpu_product(grad, w, false).map_err(to_candle)?) } else { None };
+        let dw = if w.track_op() { Some(grad.t()?.matmul(x)?) } else { None };
+        Ok((dx, dw))
+    }
+}
+
 /// `a Wᵀ` (`transposed`, `a` `(rows, in)`) or `a W` (`a` `(rows, out)`) for `W` `(out, in)` on the CPU, through
 /// [`x_wt`] / [`x_w`].
 fn cpu_product(a: &Tensor, w: &Tensor, transposed: bool) -> anyhow::Result<Tensor> {
@@ -169,6 +215,11 @@ impl Linear {
     /// Whether the CPU kernels of [`cpu_product`] take `x` and `w`: both on the CPU in the same f32 or f64.
     fn cpu_kernel(x: &Tensor, w: &Tensor) -> bool {
         x.device().is_cpu() && w.dtype() == x.dtype() && matches!(x.dtype(), DType::F32 | DType::F64)
+    }
+
+    /// Whether `x Wᵀ` has a weight in the graph on the CPU (full fine-tuning), for [`TrainedMatmul`].
+    fn trained_path(x: &Tensor, w: &Tensor) -> bool {
+        w.track_op() && Self::cpu_kernel(x, w)
     }
 
     /// Whether `x Wᵀ` should skip the weight's gradient: the input is in a graph, the weight is frozen.
@@ -455,4 +506,57 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
     x.transpose(1, 2)? // (B, T, H, hd)
         .contiguous()?
         .reshape((b, t, h * hd)) // (B, T, H*hd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    #[test]
+    fn a_trained_weight_gives_candle_matmuls_values_and_gradients() {
+        // Full fine-tuning's linear layer (TrainedMatmul) against candle's own matmul, forward and both gradients,
+        // with the input in the graph and out of it; 200 rows so both the row-major and the threaded paths run.
+        for dtype in [DType::F32, DType::F64] {
+            for input_tracked in [true, false] {
+                let x = Tensor::randn(0f32, 1.0, (2, 100, 48), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                let x = if input_tracked { Var::from_tensor(&x).unwrap().as_tensor().clone() } else { x };
+                let w = Var::from_tensor(
+                    &Tensor::randn(0f32, 1.0, (70, 48), &Device::Cpu).unwrap().to_dtype(dtype).unwrap(),
+                )
+                .unwrap();
+                let lin = Linear::new(w.as_tensor().clone(), None);
+                let weights =
+                    Tensor::arange(0f32, (2 * 100 * 70) as f32, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                let weights = (weights.reshape((2, 100, 70)).unwrap() / 7000.0).unwrap(); // a non-uniform upstream gradient
+                let ours = lin.forward(&x).unwrap();
+                let theirs = x.broadcast_matmul(&w.as_tensor().t().unwrap()).unwrap();
+                let tol = if dtype == DType::F32 { 1e-4 } else { 1e-12 };
+                let diff = |a: &Tensor, b: &Tensor| {
+                    (a - b)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap()
+                };
+                assert!(diff(&ours, &theirs) < tol, "{dtype:?} forward");
+                let g_ours = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let g_theirs = (theirs * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+                let dw = (g_ours.get(w.as_tensor()).unwrap(), g_theirs.get(w.as_tensor()).unwrap());
+                assert!(diff(dw.0, dw.1) < tol, "{dtype:?} weight gradient");
+                if input_tracked {
+                    assert!(diff(g_ours.get(&x).unwrap(), g_theirs.get(&x).unwrap()) < tol, "{dtype:?} input gradient");
+                } else {
+                    assert!(g_ours.get(&x).is_none(), "a constant input got a gradient");
+                }
+            }
+        }
+    }
 }
