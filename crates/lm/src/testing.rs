@@ -4,7 +4,7 @@ use crate::config::{Arch, ModelConfig};
 use crate::model::LanguageModel;
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
 /// Names accepted by [`tiny_config`].
 pub const TINY_KINDS: &[&str] = &["gpt2", "llama", "llama-untied", "qwen2", "gemma3"];
@@ -166,4 +166,10 @@ pub fn tiny_model(kind: &str, seed: u64, dtype: DType) -> Result<LanguageModel> 
     let cfg = tiny_config(kind);
     let tok = Tokenizer::byte_level_for_tests(cfg.vocab_size)?;
     LanguageModel::random(cfg, tok, seed, dtype, &Device::Cpu)
+}
+
+/// The largest absolute difference between two tensors of one shape, computed in f64 (any dtype).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let d = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?;
+    Ok(d.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?)
 }

@@ -12,18 +12,7 @@ fn ids(b: usize, t: usize, seed: usize) -> Vec<Vec<u32>> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    lm::testing::max_abs_diff(a, b).unwrap() as f32
 }
 
 fn batch_tensor(rows: &[Vec<u32>]) -> Tensor {

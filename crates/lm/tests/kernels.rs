@@ -5,8 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use lm::kernels::head::{head_logprobs, reference, HeadOut};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let d = (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap()).unwrap();
-    d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    lm::testing::max_abs_diff(a, b).unwrap()
 }
 
 fn randn(shape: (usize, usize), scale: f64, dtype: DType) -> Tensor {

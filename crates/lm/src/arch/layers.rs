@@ -532,20 +532,7 @@ mod tests {
                 let ours = lin.forward(&x).unwrap();
                 let theirs = x.broadcast_matmul(&w.as_tensor().t().unwrap()).unwrap();
                 let tol = if dtype == DType::F32 { 1e-4 } else { 1e-12 };
-                let diff = |a: &Tensor, b: &Tensor| {
-                    (a - b)
-                        .unwrap()
-                        .abs()
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .max(0)
-                        .unwrap()
-                        .to_dtype(DType::F64)
-                        .unwrap()
-                        .to_scalar::<f64>()
-                        .unwrap()
-                };
+                let diff = |a: &Tensor, b: &Tensor| crate::testing::max_abs_diff(a, b).unwrap();
                 assert!(diff(&ours, &theirs) < tol, "{dtype:?} forward");
                 let g_ours = (ours * &weights).unwrap().sum_all().unwrap().backward().unwrap();
                 let g_theirs = (theirs * &weights).unwrap().sum_all().unwrap().backward().unwrap();
