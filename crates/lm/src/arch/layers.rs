@@ -59,7 +59,10 @@ impl Linear {
         Ok(Self { weight, bias, lora })
     }
 
-    fn plain(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    /// `x Wᵀ`; `base` says `w` is the layer's own weight rather than a LoRA factor, which keeps candle's
+    /// matmul: a rank-r product gains nothing from [`TrainedMatmul`], and the adapters' training stays the
+    /// computation it was.
+    fn plain(&self, x: &Tensor, w: &Tensor, base: bool) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap();
         let rows = x.elem_count() / in_dim;
@@ -67,7 +70,7 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?; // (rows, in)
         let y = if Self::frozen_path(x, &w) {
             x2.contiguous()?.apply_op1(FrozenMatmul { w: w.detach() })?
-        } else if Self::trained_path(x, &w) {
+        } else if base && Self::trained_path(x, &w) {
             x2.contiguous()?.apply_op2(&w.contiguous()?, TrainedMatmul)?
         } else if Self::inference_path(x, &w) {
             cpu_product(&x2, &w, true).map_err(to_candle)?
@@ -85,8 +88,8 @@ impl Module for Linear {
         let y = self.plain_with_bias(x)?;
         match &self.lora {
             Some(l) => {
-                let down = self.plain(x, &l.a)?; // (..., r)
-                y + (self.plain(&down, &l.b)? * l.scale)?
+                let down = self.plain(x, &l.a, false)?; // (..., r)
+                y + (self.plain(&down, &l.b, false)? * l.scale)?
             }
             None => Ok(y),
         }
@@ -228,7 +231,7 @@ impl Linear {
     }
 
     fn plain_with_bias(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.plain(x, &self.weight)?;
+        let y = self.plain(x, &self.weight, true)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
             None => Ok(y),
