@@ -8,7 +8,7 @@
 //! fused kernels, so inference is exactly what it was. Tests check that every path gives the same numbers.
 
 use crate::kernels::linear::{x_w, x_wt};
-use crate::kernels::{to_candle, with_slice};
+use crate::kernels::{slice, to_candle, with_slice};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 /// Whether an op over these tensors must use the differentiable primitives: some input is in a graph,
@@ -119,17 +119,14 @@ impl candle_core::CustomOp1 for FrozenMatmul {
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use candle_core::CpuStorage;
         let (rows, inp) = l.shape().dims2()?;
-        let Some((start, end)) = l.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul needs a contiguous input")
-        };
         let out = self.w.dim(0)?;
         let w = self.w.contiguous()?;
         let y = match s {
-            CpuStorage::F32(v) => {
-                CpuStorage::F32(with_slice(&w, |w| Ok(x_wt(&v[start..end], rows, inp, w, out))).map_err(to_candle)?)
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(with_slice(&w, |w| Ok(x_wt(slice(s, l)?, rows, inp, w, out))).map_err(to_candle)?)
             }
-            CpuStorage::F64(v) => {
-                CpuStorage::F64(with_slice(&w, |w| Ok(x_wt(&v[start..end], rows, inp, w, out))).map_err(to_candle)?)
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(with_slice(&w, |w| Ok(x_wt(slice(s, l)?, rows, inp, w, out))).map_err(to_candle)?)
             }
             _ => candle_core::bail!("frozen-matmul supports f32 and f64"),
         };
@@ -166,13 +163,11 @@ impl candle_core::CustomOp2 for TrainedMatmul {
         if w_inp != inp {
             candle_core::bail!("trained-matmul: x is (…, {inp}), W is ({out}, {w_inp})")
         }
-        let (Some((xa, xb)), Some((wa, wb))) = (xl.contiguous_offsets(), wl.contiguous_offsets()) else {
-            candle_core::bail!("trained-matmul needs contiguous operands")
-        };
-        let y = match (xs, ws) {
-            (CpuStorage::F32(x), CpuStorage::F32(w)) => CpuStorage::F32(x_wt(&x[xa..xb], rows, inp, &w[wa..wb], out)),
-            (CpuStorage::F64(x), CpuStorage::F64(w)) => CpuStorage::F64(x_wt(&x[xa..xb], rows, inp, &w[wa..wb], out)),
-            _ => candle_core::bail!("trained-matmul supports f32 and f64 operands of one dtype"),
+        // `slice` refuses a non-contiguous operand, and a weight of another dtype than `x`'s.
+        let y = match xs {
+            CpuStorage::F32(_) => CpuStorage::F32(x_wt(slice(xs, xl)?, rows, inp, slice(ws, wl)?, out)),
+            CpuStorage::F64(_) => CpuStorage::F64(x_wt(slice(xs, xl)?, rows, inp, slice(ws, wl)?, out)),
+            _ => candle_core::bail!("trained-matmul supports f32 and f64"),
         };
         Ok((y, (rows, out).into()))
     }
