@@ -360,88 +360,90 @@ impl Trainer {
     /// Trains from the current step to the end (or `max_steps`), logging to `metrics.jsonl`, saving
     /// checkpoints, and writing the final model to `final/`.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepInfo)) -> Result<()> {
-        let losses = self.cfg.weighted_losses()?;
+        let mut run = RunState::open(&self.out)?;
         let total = self.total_steps();
-        let per_epoch = self.plan.len() as f64 / self.cfg.epochs as f64;
-        let metrics_path = self.out.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .with_context(|| format!("opening {}", metrics_path.display()))?;
-        let mut window = Window::default();
-        let mut grad_norms = Vec::new();
+        let dev = self.policy.device().clone();
         while self.step < total {
-            let group = self.plan[self.step as usize].clone();
-            let mut acc: Vec<Option<Tensor>> = vec![None; self.vars.len()];
-            let accum = group.len() as f64;
-            let mut step_loss = 0.0;
-            for micro in &group {
-                let mut clock = Clock::start();
-                let b = self.batch(micro, false)?;
-                clock.lap(&mut self.timings, "forward");
-                let (loss, x) = self.loss(&losses, &b)?;
-                let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if !lv.is_finite() {
-                    bail!("loss became {lv} at step {}; lower the learning rate or check the data", self.step + 1);
-                }
-                step_loss += lv / accum;
-                clock.lap(&mut self.timings, "loss");
-                let grads = (loss / accum)?.backward()?;
-                clock.lap(&mut self.timings, "backward");
-                for (slot, (_, v)) in acc.iter_mut().zip(&self.vars) {
-                    if let Some(g) = grads.get(v.as_tensor()) {
-                        *slot = Some(match slot.take() {
-                            Some(a) => (a + g)?,
-                            None => g.clone(),
-                        });
-                    }
-                }
-                drop(grads);
-                clock.lap(&mut self.timings, "accumulate");
-                window.add_batch(lv, &x, &b, &self.cfg.loss)?;
-                clock.lap(&mut self.timings, "metrics");
-            }
-            let mut clock = Clock::start();
-            // The clipping factor is applied inside the optimizer's pass: no scaled copy of the gradients.
-            let norm = grad_norm(&acc)?;
-            clock.lap(&mut self.timings, "clip");
-            grad_norms.push(norm);
-            let lr = learning_rate(
-                self.cfg.schedule,
-                self.cfg.learning_rate,
-                self.step,
-                self.cfg.warmup_steps,
-                self.plan.len() as u64,
-            );
-            self.opt.step_scaled(&acc, lr, clip_coef(norm, self.cfg.max_grad_norm))?;
-            drop(acc);
-            clock.lap(&mut self.timings, "optimizer");
-            self.step += 1;
-            if self.cfg.sync_ref_model && self.step.is_multiple_of(self.cfg.ref_model_sync_steps) {
-                self.sync_reference()?;
-            }
-            on_step(&StepInfo { step: self.step, total, loss: step_loss });
-            let last = self.step == total;
-            if self.step.is_multiple_of(self.cfg.logging_steps.max(1)) || last {
-                let mut m = window.take("");
-                m.insert("grad_norm".into(), json!(grad_norms.iter().sum::<f64>() / grad_norms.len() as f64));
-                grad_norms.clear();
-                m.insert("learning_rate".into(), json!(lr));
-                log_metrics(&mut metrics, m, self.step, per_epoch)?;
-            }
-            let epoch_end = (self.step as f64 / per_epoch).fract() < 1e-9;
-            if !self.eval.is_empty() && (epoch_end || last) {
-                log_metrics(&mut metrics, self.evaluate()?, self.step, per_epoch)?;
-            }
-            if self.save_checkpoints && (self.cfg.save_steps.is_some_and(|s| self.step.is_multiple_of(s)) || last) {
-                self.save_checkpoint()?;
-            }
+            // On the CPU each step runs on candle's thread pool (`Device::with_context`), so that each of its
+            // thousands of parallel products and element-wise passes is a fork inside the pool rather than a
+            // wake-up of the pool's threads while this one sleeps: LoRA DPO +20% on 2 cores
+            // (docs/benchmarks.md). `on_step` stays on this thread, so it need not be `Send`.
+            let info = dev.with_context(|| self.step_in_pool(&mut run))?;
+            on_step(&info);
         }
         if self.step >= total && self.save_final_model {
             self.save_final()?;
         }
         Ok(())
+    }
+
+    /// One optimizer step, then its metrics, evaluation and checkpoint when they are due.
+    fn step_in_pool(&mut self, run: &mut RunState<Window>) -> Result<StepInfo> {
+        let losses = self.cfg.weighted_losses()?;
+        let total = self.total_steps();
+        let per_epoch = self.plan.len() as f64 / self.cfg.epochs as f64;
+        let group = self.plan[self.step as usize].clone();
+        let mut acc: Vec<Option<Tensor>> = vec![None; self.vars.len()];
+        let accum = group.len() as f64;
+        let mut step_loss = 0.0;
+        for micro in &group {
+            let mut clock = Clock::start();
+            let b = self.batch(micro, false)?;
+            clock.lap(&mut self.timings, "forward");
+            let (loss, x) = self.loss(&losses, &b)?;
+            let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !lv.is_finite() {
+                bail!("loss became {lv} at step {}; lower the learning rate or check the data", self.step + 1);
+            }
+            step_loss += lv / accum;
+            clock.lap(&mut self.timings, "loss");
+            let grads = (loss / accum)?.backward()?;
+            clock.lap(&mut self.timings, "backward");
+            for (slot, (_, v)) in acc.iter_mut().zip(&self.vars) {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(a) => (a + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+            drop(grads);
+            clock.lap(&mut self.timings, "accumulate");
+            run.window.add_batch(lv, &x, &b, &self.cfg.loss)?;
+            clock.lap(&mut self.timings, "metrics");
+        }
+        let mut clock = Clock::start();
+        // The clipping factor is applied inside the optimizer's pass: no scaled copy of the gradients.
+        let norm = grad_norm(&acc)?;
+        clock.lap(&mut self.timings, "clip");
+        run.grad_norms.push(norm);
+        let lr = learning_rate(
+            self.cfg.schedule,
+            self.cfg.learning_rate,
+            self.step,
+            self.cfg.warmup_steps,
+            self.plan.len() as u64,
+        );
+        self.opt.step_scaled(&acc, lr, clip_coef(norm, self.cfg.max_grad_norm))?;
+        drop(acc);
+        clock.lap(&mut self.timings, "optimizer");
+        self.step += 1;
+        if self.cfg.sync_ref_model && self.step.is_multiple_of(self.cfg.ref_model_sync_steps) {
+            self.sync_reference()?;
+        }
+        let last = self.step == total;
+        if self.step.is_multiple_of(self.cfg.logging_steps.max(1)) || last {
+            let m = run.window.take("");
+            run.log(m, lr, self.step, per_epoch)?;
+        }
+        let epoch_end = (self.step as f64 / per_epoch).fract() < 1e-9;
+        if !self.eval.is_empty() && (epoch_end || last) {
+            log_metrics(&mut run.metrics, self.evaluate()?, self.step, per_epoch)?;
+        }
+        if self.save_checkpoints && (self.cfg.save_steps.is_some_and(|s| self.step.is_multiple_of(s)) || last) {
+            self.save_checkpoint()?;
+        }
+        Ok(StepInfo { step: self.step, total, loss: step_loss })
     }
 
     /// TR-DPO soft update of the reference: π_ref ← α π + (1 − α) π_ref.
@@ -468,6 +470,34 @@ pub(crate) fn log_metrics(out: &mut impl Write, mut m: Map<String, Value>, step:
     m.insert("step".into(), json!(step));
     writeln!(out, "{}", Value::Object(m))?;
     Ok(())
+}
+
+/// What a training run keeps between its steps: the open `metrics.jsonl`, the metrics window of the
+/// steps since the last log line, and their gradient norms. The DPO and KTO trainers share it.
+pub(crate) struct RunState<W> {
+    pub(crate) metrics: std::fs::File,
+    pub(crate) window: W,
+    pub(crate) grad_norms: Vec<f64>,
+}
+
+impl<W: Default> RunState<W> {
+    pub(crate) fn open(out: &std::path::Path) -> Result<Self> {
+        let path = out.join("metrics.jsonl");
+        let metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { metrics, window: W::default(), grad_norms: Vec::new() })
+    }
+
+    /// Writes the window's metrics `m` with the mean gradient norm and the learning rate as the line of `step`.
+    pub(crate) fn log(&mut self, mut m: Map<String, Value>, lr: f64, step: u64, per_epoch: f64) -> Result<()> {
+        m.insert("grad_norm".into(), json!(self.grad_norms.iter().sum::<f64>() / self.grad_norms.len() as f64));
+        self.grad_norms.clear();
+        m.insert("learning_rate".into(), json!(lr));
+        log_metrics(&mut self.metrics, m, step, per_epoch)
+    }
 }
 
 /// A stopwatch that adds each lap to a named phase.

@@ -27,7 +27,7 @@ use crate::checkpoint::{
 };
 use crate::config::{KtoConfig, TrainConfig, Truncation};
 use crate::optim::{clip_coef, grad_norm, learning_rate, Optimizer};
-use crate::train::{log_metrics, schedule, StepInfo};
+use crate::train::{log_metrics, schedule, RunState, StepInfo};
 use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::{DType, Tensor, Var};
 use lm::score::completion_logprobs;
@@ -313,75 +313,74 @@ impl KtoTrainer {
     /// Trains from the current step to the end (or `max_steps`), logging to `metrics.jsonl`, saving
     /// checkpoints, and writing the final model to `final/`.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepInfo)) -> Result<()> {
+        let mut run = RunState::open(&self.out)?;
         let total = self.total_steps();
-        let per_epoch = self.plan.len() as f64 / self.cfg.epochs as f64;
-        let metrics_path = self.out.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .with_context(|| format!("opening {}", metrics_path.display()))?;
-        let mut window = KtoWindow::default();
-        let mut grad_norms = Vec::new();
+        let dev = self.policy.device().clone();
         while self.step < total {
-            let s = self.step as usize;
-            let group = self.plan[s].clone();
-            let mut acc: Vec<Option<Tensor>> = vec![None; self.vars.len()];
-            let accum = group.len() as f64;
-            let mut step_loss = 0.0;
-            for (m, micro) in group.iter().enumerate() {
-                let b = self.batch(&self.train, micro, self.ref_train.as_ref(), (s, m))?;
-                let out = self.loss(&b.x)?;
-                let lv = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                if !lv.is_finite() {
-                    bail!("loss became {lv} at step {}; lower the learning rate or check the data", self.step + 1);
-                }
-                step_loss += lv / accum;
-                let grads = (&out.loss / accum)?.backward()?;
-                for (slot, (_, v)) in acc.iter_mut().zip(&self.vars) {
-                    if let Some(g) = grads.get(v.as_tensor()) {
-                        *slot = Some(match slot.take() {
-                            Some(a) => (a + g)?,
-                            None => g.clone(),
-                        });
-                    }
-                }
-                drop(grads);
-                window.add(lv, batch_metrics(&b.x, &out, &b.mean_logits)?);
-            }
-            let norm = grad_norm(&acc)?;
-            grad_norms.push(norm);
-            let lr = learning_rate(
-                self.cfg.schedule,
-                self.cfg.learning_rate,
-                self.step,
-                self.cfg.warmup_steps,
-                self.plan.len() as u64,
-            );
-            self.opt.step_scaled(&acc, lr, clip_coef(norm, self.cfg.max_grad_norm))?;
-            drop(acc);
-            self.step += 1;
-            on_step(&StepInfo { step: self.step, total, loss: step_loss });
-            let last = self.step == total;
-            if self.step.is_multiple_of(self.cfg.logging_steps.max(1)) || last {
-                let mut m = window.take("");
-                m.insert("grad_norm".into(), json!(grad_norms.iter().sum::<f64>() / grad_norms.len() as f64));
-                grad_norms.clear();
-                m.insert("learning_rate".into(), json!(lr));
-                log_metrics(&mut metrics, m, self.step, per_epoch)?;
-            }
-            let epoch_end = (self.step as f64 / per_epoch).fract() < 1e-9;
-            if !self.eval.is_empty() && (epoch_end || last) {
-                log_metrics(&mut metrics, self.evaluate()?, self.step, per_epoch)?;
-            }
-            if self.cfg.save_steps.is_some_and(|s| self.step.is_multiple_of(s)) || last {
-                self.save_checkpoint()?;
-            }
+            // On candle's thread pool, `on_step` outside it, as in the DPO trainer's `run`.
+            let info = dev.with_context(|| self.step_in_pool(&mut run))?;
+            on_step(&info);
         }
         if self.step >= total && self.save_final_model {
             self.save_final()?;
         }
         Ok(())
+    }
+
+    /// One optimizer step, then its metrics, evaluation and checkpoint when they are due.
+    fn step_in_pool(&mut self, run: &mut RunState<KtoWindow>) -> Result<StepInfo> {
+        let total = self.total_steps();
+        let per_epoch = self.plan.len() as f64 / self.cfg.epochs as f64;
+        let s = self.step as usize;
+        let group = self.plan[s].clone();
+        let mut acc: Vec<Option<Tensor>> = vec![None; self.vars.len()];
+        let accum = group.len() as f64;
+        let mut step_loss = 0.0;
+        for (m, micro) in group.iter().enumerate() {
+            let b = self.batch(&self.train, micro, self.ref_train.as_ref(), (s, m))?;
+            let out = self.loss(&b.x)?;
+            let lv = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !lv.is_finite() {
+                bail!("loss became {lv} at step {}; lower the learning rate or check the data", self.step + 1);
+            }
+            step_loss += lv / accum;
+            let grads = (&out.loss / accum)?.backward()?;
+            for (slot, (_, v)) in acc.iter_mut().zip(&self.vars) {
+                if let Some(g) = grads.get(v.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(a) => (a + g)?,
+                        None => g.clone(),
+                    });
+                }
+            }
+            drop(grads);
+            run.window.add(lv, batch_metrics(&b.x, &out, &b.mean_logits)?);
+        }
+        let norm = grad_norm(&acc)?;
+        run.grad_norms.push(norm);
+        let lr = learning_rate(
+            self.cfg.schedule,
+            self.cfg.learning_rate,
+            self.step,
+            self.cfg.warmup_steps,
+            self.plan.len() as u64,
+        );
+        self.opt.step_scaled(&acc, lr, clip_coef(norm, self.cfg.max_grad_norm))?;
+        drop(acc);
+        self.step += 1;
+        let last = self.step == total;
+        if self.step.is_multiple_of(self.cfg.logging_steps.max(1)) || last {
+            let m = run.window.take("");
+            run.log(m, lr, self.step, per_epoch)?;
+        }
+        let epoch_end = (self.step as f64 / per_epoch).fract() < 1e-9;
+        if !self.eval.is_empty() && (epoch_end || last) {
+            log_metrics(&mut run.metrics, self.evaluate()?, self.step, per_epoch)?;
+        }
+        if self.cfg.save_steps.is_some_and(|s| self.step.is_multiple_of(s)) || last {
+            self.save_checkpoint()?;
+        }
+        Ok(StepInfo { step: self.step, total, loss: step_loss })
     }
 
     /// `checkpoint-N/` as the DPO trainer writes it (trainable tensors, optimizer state, `trainer_state.json`
