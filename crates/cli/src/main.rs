@@ -528,7 +528,12 @@ fn run_dpo(a: DpoArgs) -> Result<()> {
 /// fault their pages in again (zeroed by the kernel) every step: a profile of `bench dpo` showed ~9% of the
 /// time in page faults, page clearing and the TLB shootdowns of unmapping. Serving blocks up to 32 MiB from
 /// the heap and trimming it only past 1 GiB measured +2–6% DPO tokens/s with full fine-tuning and +0.5–1% with
-/// LoRA (docs/benchmarks.md), at up to ~200 MB more peak memory. A user's own `GLIBC_TUNABLES` wins.
+/// LoRA (docs/benchmarks.md), at up to ~200 MB more peak memory.
+///
+/// One arena for every thread: training and sampling run on candle's thread pool, so their tensors are
+/// allocated by pool threads, and glibc gives each thread's arena heaps of 64 MiB that it unmaps whenever one
+/// empties, whatever the trim threshold. In the main arena they stay: full fine-tuning's DPO +17–25% tokens/s,
+/// LoRA's level, peak memory level (docs/benchmarks.md). A user's own `GLIBC_TUNABLES` wins.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("GLIBC_TUNABLES").is_none() {
@@ -536,6 +541,7 @@ fn keep_freed_memory() {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
             libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

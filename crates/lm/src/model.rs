@@ -100,8 +100,11 @@ impl LanguageModel {
 
     /// Logits `(B, T, V)` for a fresh batch of right-padded (or unpadded) sequences.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let h = self.hidden(ids, &Positions::fresh(ids.dim(0)?), None)?;
-        self.logits(&h)
+        // On candle's thread pool, as scoring and sampling run (see `crate::sample`'s decode loop).
+        self.device().with_context(|| {
+            let h = self.hidden(ids, &Positions::fresh(ids.dim(0)?), None)?;
+            self.logits(&h)
+        })
     }
 
     /// Makes the parameters that `select` accepts trainable and rebuilds the network over them.

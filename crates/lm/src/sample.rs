@@ -290,30 +290,38 @@ fn generate_batch(
     // Off the CPU, plain temperature sampling runs where the logits are (no B × V copy to the host per step).
     let on_device = force_device_draw || (!dev.is_cpu() && device_samples(params, model.config.vocab_size));
     loop {
-        let t = input.dim(1)?;
-        let h = model.hidden(&input, &ctx, Some(&mut cache))?;
-        let h_last = h.narrow(1, t - 1, 1)?; // (B', 1, d)
-        let mut logits = model.logits(&h_last)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?; // (B', V)
-        if std::mem::take(&mut prefill) && unique.len() < b {
-            // (U, ·) → (B, ·): every row gets its prompt's cache and logits.
-            let of_row = Tensor::new(of_row.as_slice(), &dev)?;
-            cache.select_rows(&of_row)?;
-            logits = logits.index_select(&of_row, 0)?; // (B, V)
-            ctx.left_pad = left_pad.clone();
-        }
-        ctx.start += t;
-        let picks: Vec<(u32, f32)> = if on_device {
-            // Each row's uniform number from its own stream, as the host sampler draws it; the draw itself
-            // where the logits are.
-            let u: Vec<f64> = rngs.iter_mut().map(|r| r.random::<f64>()).collect();
-            let (toks, lps) = crate::sample_device::sample_rows(&logits, &u, params.temperature)?;
-            toks.into_iter().zip(lps).collect()
-        } else {
-            // Draw every row's token in parallel (a pass over the vocabulary per row): each row has its own
-            // RNG, so the draws do not depend on the threads.
-            let rows: Vec<Vec<f32>> = logits.to_vec2()?;
-            rows.par_iter().zip(rngs.par_iter_mut()).map(|(row, rng)| sample_with_logprob(row, params, rng)).collect()
-        };
+        // Each step's forward and draw run on candle's thread pool (`Device::with_context`): its parallel
+        // products and element-wise passes are then forks inside the pool, not wake-ups of the pool's threads
+        // while this one sleeps (docs/benchmarks.md). `on_token` stays on this thread, so it need not be `Send`.
+        let picks: Vec<(u32, f32)> = dev.with_context(|| -> Result<_> {
+            let t = input.dim(1)?;
+            let h = model.hidden(&input, &ctx, Some(&mut cache))?;
+            let h_last = h.narrow(1, t - 1, 1)?; // (B', 1, d)
+            let mut logits = model.logits(&h_last)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?; // (B', V)
+            if std::mem::take(&mut prefill) && unique.len() < b {
+                // (U, ·) → (B, ·): every row gets its prompt's cache and logits.
+                let of_row = Tensor::new(of_row.as_slice(), &dev)?;
+                cache.select_rows(&of_row)?;
+                logits = logits.index_select(&of_row, 0)?; // (B, V)
+                ctx.left_pad = left_pad.clone();
+            }
+            ctx.start += t;
+            Ok(if on_device {
+                // Each row's uniform number from its own stream, as the host sampler draws it; the draw itself
+                // where the logits are.
+                let u: Vec<f64> = rngs.iter_mut().map(|r| r.random::<f64>()).collect();
+                let (toks, lps) = crate::sample_device::sample_rows(&logits, &u, params.temperature)?;
+                toks.into_iter().zip(lps).collect()
+            } else {
+                // Draw every row's token in parallel (a pass over the vocabulary per row): each row has its own
+                // RNG, so the draws do not depend on the threads.
+                let rows: Vec<Vec<f32>> = logits.to_vec2()?;
+                rows.par_iter()
+                    .zip(rngs.par_iter_mut())
+                    .map(|(row, rng)| sample_with_logprob(row, params, rng))
+                    .collect()
+            })
+        })?;
         let mut next = Vec::with_capacity(active.len());
         let mut keep = Vec::with_capacity(active.len());
         for (r, &si) in active.iter().enumerate() {

@@ -32,6 +32,12 @@ pub struct Scored {
 /// Only the positions that predict a completion token go through the LM head, and they go through the
 /// fused head ([`crate::kernels::head`]): no `B × T × V` logits exist, in the forward or the backward pass.
 pub fn completion_logprobs(model: &LanguageModel, items: &[(Vec<u32>, Vec<u32>)]) -> Result<Scored> {
+    // On candle's thread pool: see `crate::sample`'s decode loop (a no-op when the caller is already on it,
+    // as a training step is).
+    model.device().with_context(|| completion_logprobs_in_pool(model, items))
+}
+
+fn completion_logprobs_in_pool(model: &LanguageModel, items: &[(Vec<u32>, Vec<u32>)]) -> Result<Scored> {
     let dev = model.device().clone();
     let b = items.len();
     if b == 0 {

@@ -68,17 +68,20 @@ pub fn lm(a: LmBenchArgs) -> Result<()> {
         // The same work with trainable weights: every op builds the autograd graph.
         let vars = model.make_trainable(|_| true)?;
         let (_, t_fwd_graph) = time(&dev, || Ok(model.forward(&input)?.sum_all()?.to_scalar::<f32>()?))?;
+        // On candle's thread pool, as the trainers run a step.
         let (_, t_bwd) = median_time(&dev, || {
-            let items: Vec<(Vec<u32>, Vec<u32>)> = (0..a.batch)
-                .map(|b| {
-                    let row: Vec<u32> =
-                        (0..a.seq_len).map(|i| ((b * 131 + i * 7919) % cfg.vocab_size) as u32).collect();
-                    (row[..a.seq_len / 2].to_vec(), row[a.seq_len / 2..].to_vec())
-                })
-                .collect();
-            let s = lm::score::completion_logprobs(&model, &items)?;
-            let grads = s.sum.sum_all()?.backward()?;
-            Ok(vars.values().filter(|v| grads.get(v.as_tensor()).is_some()).count())
+            dev.with_context(|| -> Result<usize> {
+                let items: Vec<(Vec<u32>, Vec<u32>)> = (0..a.batch)
+                    .map(|b| {
+                        let row: Vec<u32> =
+                            (0..a.seq_len).map(|i| ((b * 131 + i * 7919) % cfg.vocab_size) as u32).collect();
+                        (row[..a.seq_len / 2].to_vec(), row[a.seq_len / 2..].to_vec())
+                    })
+                    .collect();
+                let s = lm::score::completion_logprobs(&model, &items)?;
+                let grads = s.sum.sum_all()?.backward()?;
+                Ok(vars.values().filter(|v| grads.get(v.as_tensor()).is_some()).count())
+            })
         })?;
 
         if a.json {
