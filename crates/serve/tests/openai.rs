@@ -629,9 +629,23 @@ fn send_raw(base: &str, path: &str, body: &Value) -> TcpStream {
     s
 }
 
+/// The tiny model with 32 layers instead of 2 and twice the width: its long request lasts seconds, not the half
+/// second that the 2-layer model's takes since decoding runs on candle's thread pool.
+fn slower_tiny() -> LanguageModel {
+    let cfg = lm::ModelConfig {
+        num_layers: 32,
+        hidden_size: 64,
+        intermediate_size: 128,
+        head_dim: 16,
+        ..lm::testing::tiny_config("llama")
+    };
+    let tok = lm::tokenizer::Tokenizer::byte_level_for_tests(cfg.vocab_size).unwrap();
+    LanguageModel::random(cfg, tok, 1, DType::F32, &candle_core::Device::Cpu).unwrap()
+}
+
 #[test]
 fn a_client_that_hangs_up_frees_the_model() {
-    let base = serve(OpenAiState::new(tiny(), MODEL_ID).with_batch_size(1));
+    let base = serve(OpenAiState::new(slower_tiny(), MODEL_ID).with_batch_size(1));
     let small = json!({"model": MODEL_ID, "prompt": "Hi", "max_tokens": 1});
     for stream in [false, true] {
         // How long the long request takes when its client waits for the answer.
