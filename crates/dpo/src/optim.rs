@@ -475,6 +475,20 @@ pub fn learning_rate(schedule: Schedule, base: f64, step: u64, warmup: u64, tota
     }
 }
 
+/// Adds one micro-batch's gradients to `acc`, slot `i` holding `vars[i]`'s sum so far (gradient accumulation;
+/// the first contribution is kept as it is).
+pub(crate) fn accumulate_grads(acc: &mut [Option<Tensor>], vars: &[(String, Var)], grads: &GradStore) -> Result<()> {
+    for (slot, (_, v)) in acc.iter_mut().zip(vars) {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            *slot = Some(match slot.take() {
+                Some(a) => (a + g)?,
+                None => g.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The global L2 norm of the gradients, accumulated in f64 (PyTorch `clip_grad_norm_`'s norm, TRL's
 /// `grad_norm`). CPU gradients are read where they lie; nothing is copied.
 pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {

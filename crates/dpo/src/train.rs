@@ -14,7 +14,7 @@ pub use crate::config::{LoraConfig, TrainConfig};
 use crate::config::ComputeDtype;
 use crate::data::TokenPair;
 use crate::loss::{rewards, token_loss, LossParams, LossType, PairLogps, TokenLogps};
-use crate::optim::{clip_coef, grad_norm, learning_rate, Optimizer};
+use crate::optim::{accumulate_grads, clip_coef, grad_norm, learning_rate, Optimizer};
 use anyhow::{bail, Context as _, Result};
 use candle_core::{DType, Tensor, Var};
 use lm::score::completion_logprobs;
@@ -360,6 +360,7 @@ impl Trainer {
     /// Trains from the current step to the end (or `max_steps`), logging to `metrics.jsonl`, saving
     /// checkpoints, and writing the final model to `final/`.
     pub fn run(&mut self, mut on_step: impl FnMut(&StepInfo)) -> Result<()> {
+        let losses = self.cfg.weighted_losses()?;
         let mut run = RunState::open(&self.out)?;
         let total = self.total_steps();
         let dev = self.policy.device().clone();
@@ -368,7 +369,7 @@ impl Trainer {
             // thousands of parallel products and element-wise passes is a fork inside the pool rather than a
             // wake-up of the pool's threads while this one sleeps: LoRA DPO +20% on 2 cores
             // (docs/benchmarks.md). `on_step` stays on this thread, so it need not be `Send`.
-            let info = dev.with_context(|| self.step_in_pool(&mut run))?;
+            let info = dev.with_context(|| self.step_in_pool(&losses, &mut run))?;
             on_step(&info);
         }
         if self.step >= total && self.save_final_model {
@@ -378,8 +379,7 @@ impl Trainer {
     }
 
     /// One optimizer step, then its metrics, evaluation and checkpoint when they are due.
-    fn step_in_pool(&mut self, run: &mut RunState<Window>) -> Result<StepInfo> {
-        let losses = self.cfg.weighted_losses()?;
+    fn step_in_pool(&mut self, losses: &[(LossType, f64)], run: &mut RunState<Window>) -> Result<StepInfo> {
         let total = self.total_steps();
         let per_epoch = self.plan.len() as f64 / self.cfg.epochs as f64;
         let group = self.plan[self.step as usize].clone();
@@ -390,7 +390,7 @@ impl Trainer {
             let mut clock = Clock::start();
             let b = self.batch(micro, false)?;
             clock.lap(&mut self.timings, "forward");
-            let (loss, x) = self.loss(&losses, &b)?;
+            let (loss, x) = self.loss(losses, &b)?;
             let lv = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             if !lv.is_finite() {
                 bail!("loss became {lv} at step {}; lower the learning rate or check the data", self.step + 1);
@@ -399,14 +399,7 @@ impl Trainer {
             clock.lap(&mut self.timings, "loss");
             let grads = (loss / accum)?.backward()?;
             clock.lap(&mut self.timings, "backward");
-            for (slot, (_, v)) in acc.iter_mut().zip(&self.vars) {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(a) => (a + g)?,
-                        None => g.clone(),
-                    });
-                }
-            }
+            accumulate_grads(&mut acc, &self.vars, &grads)?;
             drop(grads);
             clock.lap(&mut self.timings, "accumulate");
             run.window.add_batch(lv, &x, &b, &self.cfg.loss)?;

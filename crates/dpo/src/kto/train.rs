@@ -26,7 +26,7 @@ use crate::checkpoint::{
     write_checkpoint,
 };
 use crate::config::{KtoConfig, TrainConfig, Truncation};
-use crate::optim::{clip_coef, grad_norm, learning_rate, Optimizer};
+use crate::optim::{accumulate_grads, clip_coef, grad_norm, learning_rate, Optimizer};
 use crate::train::{log_metrics, schedule, RunState, StepInfo};
 use anyhow::{anyhow, bail, Context as _, Result};
 use candle_core::{DType, Tensor, Var};
@@ -345,14 +345,7 @@ impl KtoTrainer {
             }
             step_loss += lv / accum;
             let grads = (&out.loss / accum)?.backward()?;
-            for (slot, (_, v)) in acc.iter_mut().zip(&self.vars) {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(a) => (a + g)?,
-                        None => g.clone(),
-                    });
-                }
-            }
+            accumulate_grads(&mut acc, &self.vars, &grads)?;
             drop(grads);
             run.window.add(lv, batch_metrics(&b.x, &out, &b.mean_logits)?);
         }
