@@ -282,3 +282,42 @@ fn a_bf16_softmax_sums_in_f32_and_has_a_gradient() {
     let g = (y.to_dtype(DType::F32).unwrap() * &want).unwrap().sum_all().unwrap().backward().unwrap();
     assert!(g.get(x.as_tensor()).is_some(), "no gradient for the bf16 scores");
 }
+
+/// The largest difference between `a` and `b` relative to `b`'s largest magnitude.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap();
+    max_diff(a, b) / scale.to_scalar::<f64>().unwrap().max(1e-30)
+}
+
+#[test]
+fn fused_lora_linear_equals_candle_ops_and_finite_differences() {
+    use lm::kernels::lora::{lora_linear, reference};
+    // (rows, in, out, r): one block; the decode-sized transposed path; every product split across threads.
+    for &(rows, inp, out, r) in &[(5, 7, 9, 3), (40, 64, 96, 4), (700, 128, 160, 8)] {
+        for dtype in [DType::F32, DType::F64] {
+            let what = format!("{rows}×{inp} → {out}, r {r}, {dtype:?}");
+            let w = randn((out, inp), 0.3, dtype);
+            let v = vars(&[(rows, inp), (r, inp), (out, r)], dtype);
+            let fused = |x: &[Tensor]| lora_linear(&x[0], &w, &x[1], &x[2], 2.0).unwrap();
+            let plain = |x: &[Tensor]| reference(&x[0], &w, &x[1], &x[2], 2.0).unwrap();
+            let xs: Vec<Tensor> = v.iter().map(|v| v.as_tensor().clone()).collect();
+            let (yf, yp) = (fused(&xs), plain(&xs));
+            let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+            assert!(rel_diff(&yf, &yp) < tol, "{what}: outputs differ by {}", rel_diff(&yf, &yp));
+            let (gf, gp) = (weighted(&yf).backward().unwrap(), weighted(&yp).backward().unwrap());
+            for (i, v) in v.iter().enumerate() {
+                let (a, b) = (gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+                assert!(rel_diff(a, b) < tol, "{what}: gradient of input {i} differs by {}", rel_diff(a, b));
+            }
+            assert!(gf.get(&w).is_none(), "{what}: the frozen weight got a gradient");
+            // An input outside the graph (the first layer's, under LoRA) gets no gradient; A and B still do.
+            let x0 = v[0].as_tensor().detach();
+            let g =
+                weighted(&lora_linear(&x0, &w, v[1].as_tensor(), v[2].as_tensor(), 2.0).unwrap()).backward().unwrap();
+            assert!(g.get(&x0).is_none() && g.get(v[1].as_tensor()).is_some() && g.get(v[2].as_tensor()).is_some());
+            if dtype == DType::F64 && rows < 100 {
+                check_fd(&format!("lora-linear {what}"), &v, fused);
+            }
+        }
+    }
+}

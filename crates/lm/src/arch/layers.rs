@@ -63,35 +63,43 @@ impl Linear {
     /// matmul: a rank-r product gains nothing from [`TrainedMatmul`], and the adapters' training stays the
     /// computation it was.
     fn plain(&self, x: &Tensor, w: &Tensor, base: bool) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = *dims.last().unwrap();
-        let rows = x.elem_count() / in_dim;
         let w = if x.dtype() != w.dtype() { w.to_dtype(x.dtype())? } else { w.clone() };
-        let x2 = x.reshape((rows, in_dim))?; // (rows, in)
-        let y = if Self::frozen_path(x, &w) {
-            x2.contiguous()?.apply_op1(FrozenMatmul { w: w.detach() })?
-        } else if base && Self::trained_path(x, &w) {
-            x2.contiguous()?.apply_op2(&w.contiguous()?, TrainedMatmul)?
-        } else if Self::inference_path(x, &w) {
-            cpu_product(&x2, &w, true).map_err(to_candle)?
-        } else {
-            x2.matmul(&w.t()?)?
-        }; // (rows, out)
-        let mut out = dims;
-        *out.last_mut().unwrap() = y.dim(1)?;
-        y.reshape(out) // (..., out)
+        on_rows(x, |x2| {
+            if Self::frozen_path(x, &w) {
+                x2.contiguous()?.apply_op1(FrozenMatmul { w: w.detach() })
+            } else if base && Self::trained_path(x, &w) {
+                x2.contiguous()?.apply_op2(&w.contiguous()?, TrainedMatmul)
+            } else if Self::inference_path(x, &w) {
+                cpu_product(x2, &w, true).map_err(to_candle)
+            } else {
+                x2.matmul(&w.t()?)
+            }
+        })
     }
+}
+
+/// `f` over `x` `(..., in)` seen as `(rows, in)`, its `(rows, out)` result reshaped to `(..., out)`.
+fn on_rows(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let in_dim = *dims.last().unwrap();
+    let y = f(&x.reshape((x.elem_count() / in_dim, in_dim))?)?; // (rows, out)
+    *dims.last_mut().unwrap() = y.dim(1)?;
+    y.reshape(dims) // (..., out)
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.plain_with_bias(x)?;
         match &self.lora {
+            Some(l) if crate::kernels::lora::supports(x, &self.weight, &l.a, &l.b) => {
+                let y = on_rows(x, |x2| crate::kernels::lora::lora_linear(x2, &self.weight, &l.a, &l.b, l.scale))?;
+                self.add_bias(y)
+            }
             Some(l) => {
+                let y = self.plain_with_bias(x)?;
                 let down = self.plain(x, &l.a, false)?; // (..., r)
                 y + (self.plain(&down, &l.b, false)? * l.scale)?
             }
-            None => Ok(y),
+            None => self.plain_with_bias(x),
         }
     }
 }
@@ -226,7 +234,10 @@ impl Linear {
     }
 
     fn plain_with_bias(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.plain(x, &self.weight, true)?;
+        self.add_bias(self.plain(x, &self.weight, true)?)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
             None => Ok(y),

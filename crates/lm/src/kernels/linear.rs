@@ -34,7 +34,7 @@ const WIDE_BLOCK: usize = 1024;
 
 /// Output features per block are a multiple of this (gemm's f32 micro-kernel height on AVX-512), so no block
 /// ends in a partial panel that the next one could have filled.
-const ALIGN: usize = 64;
+const ALIGN: usize = 16;
 
 /// `y (rows × out) = x (rows × inp) · Wᵀ`, `w` holding `W` row-major `(out, inp)`.
 pub(crate) fn x_wt<T: Float>(x: &[T], rows: usize, inp: usize, w: &[T], out: usize) -> Vec<T> {
@@ -45,18 +45,146 @@ pub(crate) fn x_wt<T: Float>(x: &[T], rows: usize, inp: usize, w: &[T], out: usi
 
 /// [`x_wt`] into `y`, which it overwrites.
 pub(crate) fn x_wt_into<T: Float>(y: &mut [T], x: &[T], rows: usize, inp: usize, w: &[T], out: usize) {
+    x_wt_plus_into(y, x, rows, inp, w, out, None)
+}
+
+/// [`x_wt_into`], plus `extra` (its `B` `(k, out)`) added to each block of `y` by the thread that computed it.
+pub(crate) fn x_wt_plus_into<T: Float>(
+    y: &mut [T],
+    x: &[T],
+    rows: usize,
+    inp: usize,
+    w: &[T],
+    out: usize,
+    extra: Option<Extra<T>>,
+) {
     assert_eq!(w.len(), out * inp, "x_wt: w holds {} elements, not {out} × {inp}", w.len());
     // Wᵀ as an (inp × out) operand: element (k, j) is w[j·inp + k].
     let transposed = rows > 1 && rows <= if out > WIDE { WIDE_MAX_ROWS } else { TRANSPOSED_MAX_ROWS };
-    split_gemm(y, x, rows, inp, w, (1, inp), out, transposed);
+    split_gemm(y, x, rows, inp, w, (1, inp), out, transposed, extra);
 }
 
 /// `y (rows × inp) = g (rows × out) · W`, `w` holding `W` row-major `(out, inp)`: the input's gradient of
 /// `x Wᵀ`, split the same way (each thread a block of `W`'s columns).
 pub(crate) fn x_w<T: Float>(g: &[T], rows: usize, out: usize, w: &[T], inp: usize) -> Vec<T> {
+    x_w_plus(g, rows, out, w, inp, None)
+}
+
+/// [`x_w`], plus `extra` (its `B` `(k, inp)`).
+pub(crate) fn x_w_plus<T: Float>(
+    g: &[T],
+    rows: usize,
+    out: usize,
+    w: &[T],
+    inp: usize,
+    extra: Option<Extra<T>>,
+) -> Vec<T> {
     assert_eq!(w.len(), out * inp, "x_w: w holds {} elements, not {out} × {inp}", w.len());
     let mut y = vec![T::zero(); rows * inp];
-    split_gemm(&mut y, g, rows, out, w, (inp, 1), inp, false);
+    split_gemm(&mut y, g, rows, out, w, (inp, 1), inp, false, extra);
+    y
+}
+
+/// A second, low-rank product added to a split product's result: `y += scale · a · B`, `a` `(rows × k)`
+/// row-major, `B`'s element `(i, j)` at `b[i·b_rs + j·b_cs]`. Each thread adds it to its own block of `y`
+/// while that block is still in its cache: a LoRA adapter's term without a pass of its own over `y`.
+#[derive(Clone, Copy)]
+pub(crate) struct Extra<'a, T> {
+    pub a: &'a [T],
+    pub k: usize,
+    pub b: &'a [T],
+    pub b_strides: (usize, usize),
+    pub scale: T,
+}
+
+/// Which dimension of the result [`par_gemm`] splits across threads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Split {
+    Rows,
+    Cols,
+}
+
+/// An operand's element `(i, j)` at `data[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided<'a, T> {
+    pub data: &'a [T],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> Strided<'a, T> {
+    /// Row-major `(rows, cols)`.
+    pub fn rows(data: &'a [T], cols: usize) -> Self {
+        Self { data, rs: cols, cs: 1 }
+    }
+    /// The transpose of row-major `(rows, cols)` data: a `(cols, rows)` operand.
+    pub fn transposed(data: &'a [T], cols: usize) -> Self {
+        Self { data, rs: 1, cs: cols }
+    }
+    fn reaches(&self, m: usize, n: usize) -> bool {
+        m == 0 || n == 0 || self.data.len() > (m - 1) * self.rs + (n - 1) * self.cs
+    }
+}
+
+/// `y (m × n, row-major) = scale · lhs (m × k) · rhs (k × n)`, split across threads by rows or columns of `y`:
+/// the small products of a low-rank adapter (one side of rank `r`), which gemm's own threading splits badly.
+pub(crate) fn par_gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: Strided<T>,
+    rhs: Strided<T>,
+    scale: T,
+    split: Split,
+) -> Vec<T> {
+    let mut y = vec![T::zero(); m * n];
+    assert!(lhs.reaches(m, k) && rhs.reaches(k, n), "par_gemm: an operand is smaller than {m} × {k} × {n}");
+    if m == 0 || n == 0 {
+        return y;
+    }
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let len = if split == Split::Rows { m } else { n };
+    let blocks = if m * n * k < PAR_MIN_WORK { 1 } else { threads };
+    let per = len.div_ceil(blocks).next_multiple_of(16).min(len);
+    let starts: Vec<usize> = (0..len).step_by(per).collect();
+    let y_addr = y.as_mut_ptr() as usize;
+    let run = |&s0: &usize| {
+        let nb = per.min(len - s0);
+        let (bm, bn, dst, l, r) = match split {
+            Split::Rows => (nb, n, s0 * n, s0 * lhs.rs, 0),
+            Split::Cols => (m, nb, s0, 0, s0 * rhs.cs),
+        };
+        // SAFETY: block `s0` writes only rows (or columns) s0..s0+nb of `y`, disjoint from every other block's;
+        // `y` outlives the parallel loop; `reaches` keeps every read inside the operands.
+        unsafe {
+            gemm::gemm(
+                bm,
+                bn,
+                k,
+                (y_addr as *mut T).add(dst),
+                1,
+                n as isize,
+                false,
+                lhs.data.as_ptr().add(l),
+                lhs.cs as isize,
+                lhs.rs as isize,
+                rhs.data.as_ptr().add(r),
+                rhs.cs as isize,
+                rhs.rs as isize,
+                T::zero(),
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    };
+    if starts.len() == 1 {
+        run(&starts[0]);
+    } else {
+        starts.par_iter().for_each(run);
+    }
     y
 }
 
@@ -73,6 +201,7 @@ fn split_gemm<T: Float>(
     (b_rs, b_cs): (usize, usize),
     n: usize,
     transposed: bool,
+    extra: Option<Extra<T>>,
 ) {
     assert_eq!(x.len(), rows * k, "x holds {} elements, not {rows} × {k}", x.len());
     assert_eq!(y.len(), rows * n, "y holds {} elements, not {rows} × {n}", y.len());
@@ -80,6 +209,11 @@ fn split_gemm<T: Float>(
         return;
     }
     assert!(k == 0 || b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "B's strides reach past its {} elements", b.len());
+    if let Some(e) = &extra {
+        assert_eq!(e.a.len(), rows * e.k, "the extra product's a holds {} elements, not {rows} × {}", e.a.len(), e.k);
+        let (rs, cs) = e.b_strides;
+        assert!(e.k == 0 || e.b.len() > (e.k - 1) * rs + (n - 1) * cs, "the extra product's B is too small");
+    }
     let threads = candle_core::utils::get_num_threads().max(1);
     let blocks = if rows * k * n < PAR_MIN_WORK { 1 } else { threads };
     let per = if transposed && n > WIDE && blocks > 1 {
@@ -122,7 +256,34 @@ fn split_gemm<T: Float>(
                 false,
                 false,
                 gemm::Parallelism::None,
-            )
+            );
+            if let Some(e) = &extra {
+                if e.k > 0 {
+                    let (rs, cs) = e.b_strides;
+                    // dst = dst + scale · a · B[:, j0..j0+nb]
+                    gemm::gemm(
+                        rows,
+                        nb,
+                        e.k,
+                        dst,
+                        dst_cs,
+                        dst_rs,
+                        true,
+                        e.a.as_ptr(),
+                        1,
+                        e.k as isize,
+                        e.b.as_ptr().add(j0 * cs),
+                        cs as isize,
+                        rs as isize,
+                        T::one(),
+                        e.scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            }
         }
         if transposed {
             // Tiles of 16 × 16 keep both sides of the transposition within a few cache lines.
@@ -199,8 +360,8 @@ mod tests {
             let w: Vec<f32> = (0..out * inp).map(|i| ((i * 53 % 97) as f32 - 48.0) / 23.0).collect();
             let mut plain = vec![0f32; rows * out];
             let mut transposed = vec![0f32; rows * out];
-            split_gemm(&mut plain, &x, rows, inp, &w, (1, inp), out, false);
-            split_gemm(&mut transposed, &x, rows, inp, &w, (1, inp), out, true);
+            split_gemm(&mut plain, &x, rows, inp, &w, (1, inp), out, false, None);
+            split_gemm(&mut transposed, &x, rows, inp, &w, (1, inp), out, true, None);
             assert!(plain.iter().zip(&transposed).all(|(a, b)| a.to_bits() == b.to_bits()), "{rows}×{inp}×{out}");
         }
     }

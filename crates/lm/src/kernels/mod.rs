@@ -7,6 +7,7 @@
 
 pub mod head;
 pub mod linear;
+pub mod lora;
 pub mod norm;
 pub mod rope;
 
