@@ -95,7 +95,7 @@ impl Llama {
             let y = attention(&q, &k, &v, mask.as_ref(), scale, None)?; // (B, H, T, hd)
             x = (x + blk.o.forward(&merge_heads(&y)?)?)?;
             let h = blk.post_attn_norm.forward(&x)?;
-            let act = (candle_nn::ops::silu(&blk.gate.forward(&h)?)? * blk.up.forward(&h)?)?;
+            let act = crate::kernels::glu::swiglu(&blk.gate.forward(&h)?, &blk.up.forward(&h)?)?;
             x = (x + blk.down.forward(&act)?)?;
         }
         Ok(self.norm.forward(&x)?)

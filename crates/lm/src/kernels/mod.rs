@@ -5,6 +5,7 @@
 //! tensor and keeps it for the backward pass; these kernels make one pass over their inputs and recompute
 //! what the backward needs.
 
+pub mod glu;
 pub mod head;
 pub mod linear;
 pub mod lora;
