@@ -298,22 +298,29 @@ fn fused_lora_linear_equals_candle_ops_and_finite_differences() {
             let what = format!("{rows}×{inp} → {out}, r {r}, {dtype:?}");
             let w = randn((out, inp), 0.3, dtype);
             let v = vars(&[(rows, inp), (r, inp), (out, r)], dtype);
-            let fused = |x: &[Tensor]| lora_linear(&x[0], &w, &x[1], &x[2], 2.0).unwrap();
+            let wt = w.t().unwrap().contiguous().unwrap();
+            let fused = |x: &[Tensor]| lora_linear(&x[0], &w, None, &x[1], &x[2], 2.0).unwrap();
             let plain = |x: &[Tensor]| reference(&x[0], &w, &x[1], &x[2], 2.0).unwrap();
+            // The forward from the weight's transposed copy, as a frozen down-projection runs it.
+            let from_wt = |x: &[Tensor]| lora_linear(&x[0], &w, Some(&wt), &x[1], &x[2], 2.0).unwrap();
             let xs: Vec<Tensor> = v.iter().map(|v| v.as_tensor().clone()).collect();
-            let (yf, yp) = (fused(&xs), plain(&xs));
+            let yp = plain(&xs);
             let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
-            assert!(rel_diff(&yf, &yp) < tol, "{what}: outputs differ by {}", rel_diff(&yf, &yp));
-            let (gf, gp) = (weighted(&yf).backward().unwrap(), weighted(&yp).backward().unwrap());
-            for (i, v) in v.iter().enumerate() {
-                let (a, b) = (gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
-                assert!(rel_diff(a, b) < tol, "{what}: gradient of input {i} differs by {}", rel_diff(a, b));
+            let gp = weighted(&yp).backward().unwrap();
+            for (how, y) in [("from W", fused(&xs)), ("from Wᵀ", from_wt(&xs))] {
+                assert!(rel_diff(&y, &yp) < tol, "{what} {how}: outputs differ by {}", rel_diff(&y, &yp));
+                let gf = weighted(&y).backward().unwrap();
+                for (i, v) in v.iter().enumerate() {
+                    let (a, b) = (gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+                    assert!(rel_diff(a, b) < tol, "{what} {how}: gradient of input {i} differs by {}", rel_diff(a, b));
+                }
+                assert!(gf.get(&w).is_none(), "{what}: the frozen weight got a gradient");
             }
-            assert!(gf.get(&w).is_none(), "{what}: the frozen weight got a gradient");
             // An input outside the graph (the first layer's, under LoRA) gets no gradient; A and B still do.
             let x0 = v[0].as_tensor().detach();
-            let g =
-                weighted(&lora_linear(&x0, &w, v[1].as_tensor(), v[2].as_tensor(), 2.0).unwrap()).backward().unwrap();
+            let g = weighted(&lora_linear(&x0, &w, None, v[1].as_tensor(), v[2].as_tensor(), 2.0).unwrap())
+                .backward()
+                .unwrap();
             assert!(g.get(&x0).is_none() && g.get(v[1].as_tensor()).is_some() && g.get(v[2].as_tensor()).is_some());
             if dtype == DType::F64 && rows < 100 {
                 check_fd(&format!("lora-linear {what}"), &v, fused);

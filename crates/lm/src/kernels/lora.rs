@@ -16,17 +16,19 @@
 //! `u` (`rows × r`, small) is kept from the forward. CPU only, f32 and f64; the layer falls back to candle's
 //! ops elsewhere, and the tests hold this op to that composition.
 
-use super::linear::{par_gemm, x_w_plus, x_wt_plus_into, Extra, Split, Strided};
+use super::linear::{par_gemm, x_w_plus, x_wt_plus_into, x_wtt_plus_into, Extra, Split, Strided};
 use super::{slice, to_candle, with_slice, Float};
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
 
 /// `x Wᵀ + scale · (x Aᵀ) Bᵀ` for `x` `(rows, in)`, `w` `(out, in)` frozen, `a` `(r, in)`, `b` `(out, r)`:
 /// one node whose backward returns the gradients of `x`, `A` and `B` (each only if it is in a graph).
-/// All four on the CPU in one dtype, f32 or f64.
-pub fn lora_linear(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+/// All four on the CPU in one dtype, f32 or f64. `wt`, if given, is `W` stored transposed, `(in, out)`, which
+/// the forward reads instead of `w` (see `linear::prefers_transposed_weight`).
+pub fn lora_linear(x: &Tensor, w: &Tensor, wt: Option<&Tensor>, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
     let keep = x.track_op() || a.track_op() || b.track_op();
-    let op = LoraLinear { w: w.detach().contiguous()?, scale, u: Mutex::new(None), keep };
+    let wt = wt.map(|t| t.detach().contiguous()).transpose()?;
+    let op = LoraLinear { w: w.detach().contiguous()?, wt, scale, u: Mutex::new(None), keep };
     x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, op)
 }
 
@@ -47,6 +49,8 @@ pub fn supports(x: &Tensor, w: &Tensor, a: &Tensor, b: &Tensor) -> bool {
 struct LoraLinear {
     /// `(out, in)`
     w: Tensor,
+    /// `Wᵀ` `(in, out)`, for the forward, if the caller keeps one.
+    wt: Option<Tensor>,
     scale: f64,
     /// `u = x Aᵀ` `(rows, r)` from the forward, for `∂L/∂B`.
     u: Mutex<Option<Tensor>>,
@@ -65,10 +69,16 @@ impl LoraLinear {
         let mut y = vec![T::zero(); rows * out];
         // y = x Wᵀ + s · u Bᵀ, Bᵀ's element (k, j) at b[j·r + k].
         let extra = Extra { a: &u, k: r, b, b_strides: (1, r), scale: s };
-        with_slice(&self.w, |w| {
-            x_wt_plus_into(&mut y, x, rows, inp, w, out, Some(extra));
-            Ok(())
-        })?;
+        match &self.wt {
+            Some(wt) => with_slice(wt, |wt| {
+                x_wtt_plus_into(&mut y, x, rows, inp, wt, out, Some(extra));
+                Ok(())
+            })?,
+            None => with_slice(&self.w, |w| {
+                x_wt_plus_into(&mut y, x, rows, inp, w, out, Some(extra));
+                Ok(())
+            })?,
+        }
         if self.keep {
             *self.u.lock().unwrap() = Some(Tensor::from_vec(u, (rows, r), &candle_core::Device::Cpu)?);
         }
