@@ -183,6 +183,20 @@ fn forward<T: Float>(h: &[T], w: &[T], targets: &[u32], v: usize, d: usize, soft
     out
 }
 
+/// `∂L/∂(raw logit)` of one vocabulary entry from its (soft-capped) logit `z`: `g ([target] − p)` with
+/// `p = exp(z − lse)`, times the cap's derivative `1 − tanh² = 1 − (z/c)²`.
+#[inline]
+fn logit_grad<T: Float>(z: T, target: bool, g: T, lse: T, cap: Option<T>) -> T {
+    let dz = g * (if target { T::one() } else { T::zero() } - (z - lse).exp());
+    match cap {
+        Some(c) => {
+            let th = z / c;
+            dz * (T::one() - th * th)
+        }
+        None => dz,
+    }
+}
+
 /// The gradient of the hidden states `(N, d)` through a frozen head, from the gradient of each row's log-prob
 /// `g` and the forward's log-sum-exp per row, in chunks of rows. A head in the graph takes
 /// [`backward_trained`].
@@ -206,20 +220,11 @@ fn backward<T: Float>(
         let hc = &h[r0 * d..(r0 + rows) * d];
         let z = &mut z[..rows * v];
         logits(z, hc, w, rows, v, d, softcap);
-        // dZ = g (onehot − softmax(z)), times the cap's derivative 1 − tanh² = 1 − (z/c)².
         let cap = softcap.map(|c| T::from(c).unwrap());
         z.par_chunks_mut(v).enumerate().for_each(|(i, zr)| {
             let (gi, li, t) = (g[r0 + i], lse[r0 + i], targets[r0 + i] as usize);
             for (j, x) in zr.iter_mut().enumerate() {
-                let p = (*x - li).exp();
-                let dz = gi * (if j == t { T::one() } else { T::zero() } - p);
-                *x = match cap {
-                    Some(c) => {
-                        let th = *x / c;
-                        dz * (T::one() - th * th)
-                    }
-                    None => dz,
-                };
+                *x = logit_grad(*x, j == t, gi, li, cap);
             }
         });
         // dH_chunk = dZ (rows × V) · W (V × d), split by columns of W across threads: gemm's own threading
@@ -279,15 +284,7 @@ fn backward_trained<T: Float>(
                                 Some(c) => (*x / c).tanh() * c,
                                 None => *x,
                             };
-                            let p = (z - li).exp();
-                            let dz = gi * (if b0 + j == t { T::one() } else { T::zero() } - p);
-                            *x = match cap {
-                                Some(c) => {
-                                    let th = z / c;
-                                    dz * (T::one() - th * th)
-                                }
-                                None => dz,
-                            };
+                            *x = logit_grad(z, b0 + j == t, gi, li, cap);
                         }
                     }
                     // dH_tile += dZ (rows × vb) · W_block (vb × d); dW_block += dZᵀ (vb × rows) · H_tile.
