@@ -214,10 +214,11 @@ fn fused_rope_equals_candle_ops_exactly_and_finite_differences() {
 
 #[test]
 fn fused_masked_softmax_equals_candle_ops_and_finite_differences() {
-    use lm::kernels::norm::{masked_softmax, softmax_last};
-    // (B, G, rep·T, S) scores with T = 5 positions, rep = 2 query heads per group, S = 7 keys.
-    let (b, g, rep, t, s) = (2, 3, 2, 5, 7);
-    for dtype in [DType::F32, DType::F64] {
+    use lm::kernels::norm::masked_softmax;
+    // (B, G, rep·T, S) scores with T = 5 positions, rep = 2 query heads per group, S = 7 keys (fewer than the
+    // vectorised loops' lanes) or 37 (two full lanes and a ragged end); the scores are scaled by 0.37.
+    let (b, g, rep, t, scale) = (2, 3, 2, 5, 0.37);
+    for (dtype, s) in [(DType::F32, 7), (DType::F64, 7), (DType::F32, 37), (DType::F64, 37)] {
         let x = Var::from_tensor(
             &Tensor::randn(0f32, 1.0, (b, g, rep * t, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap(),
         )
@@ -234,12 +235,13 @@ fn fused_masked_softmax_equals_candle_ops_and_finite_differences() {
             }
         }
         let mask = Tensor::from_vec(m, (b, 1, t, s), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-        let fused = |x: &[Tensor]| masked_softmax(&x[0], &mask, t).unwrap();
+        let fused = |x: &[Tensor]| masked_softmax(&x[0], &mask, t, scale).unwrap();
         let plain = |x: &[Tensor]| {
-            let y = x[0].reshape((b, g, rep, t, s)).unwrap().broadcast_add(&mask.unsqueeze(1).unwrap()).unwrap();
-            softmax_last(&y.reshape((b, g, rep * t, s)).unwrap()).unwrap()
+            let y = (&x[0] * scale).unwrap().reshape((b, g, rep, t, s)).unwrap();
+            let y = y.broadcast_add(&mask.unsqueeze(1).unwrap()).unwrap(); // (B, G, rep, T, S)
+            candle_nn::ops::softmax(&y.reshape((b, g, rep * t, s)).unwrap(), candle_core::D::Minus1).unwrap()
         };
-        check_against(&format!("masked softmax {dtype:?}"), std::slice::from_ref(&x), fused, plain);
+        check_against(&format!("masked softmax {dtype:?} S={s}"), std::slice::from_ref(&x), fused, plain);
         if dtype == DType::F64 {
             check_fd("masked softmax", &[x], fused);
         }
@@ -338,9 +340,12 @@ fn fused_swiglu_equals_candle_ops_and_finite_differences() {
         let v = vars(&[(rows, d), (rows, d)], dtype);
         let fused = |x: &[Tensor]| swiglu(&(&x[0] * 3.0).unwrap(), &x[1]).unwrap();
         let plain = |x: &[Tensor]| reference(&(&x[0] * 3.0).unwrap(), &x[1]).unwrap();
-        // Spelled as candle's silu then the product: bit-identical, so inference does not change.
+        // Spelled as candle's silu then the product: in f64, which keeps libm's exponential, bit-identical;
+        // f32's vectorised exponential is within 2 ulp of it (check_against's tolerance).
         let xs: Vec<Tensor> = v.iter().map(|v| v.as_tensor().clone()).collect();
-        assert_eq!(max_diff(&fused(&xs), &plain(&xs)), 0.0, "{dtype:?}: forward differs");
+        if dtype == DType::F64 {
+            assert_eq!(max_diff(&fused(&xs), &plain(&xs)), 0.0, "{dtype:?}: forward differs");
+        }
         check_against(&format!("swiglu {dtype:?}"), &v, fused, plain);
         if dtype == DType::F64 {
             check_fd("swiglu", &v, fused);

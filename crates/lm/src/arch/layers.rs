@@ -324,13 +324,9 @@ impl Module for LayerNorm {
     }
 }
 
-/// Softmax over the last dimension.
+/// Softmax over the last dimension (on the CPU one pass per row, vectorised; candle-nn's elsewhere).
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    if tracks(&[x]) || !x.is_contiguous() {
-        crate::kernels::norm::softmax_last(x).map_err(to_candle)
-    } else {
-        candle_nn::ops::softmax_last_dim(x)
-    }
+    crate::kernels::norm::softmax_last(x).map_err(to_candle)
 }
 
 /// GELU with the tanh approximation (GPT-2's `gelu_new`, Gemma's `gelu_pytorch_tanh`).
@@ -515,30 +511,30 @@ pub fn attention(
 ) -> Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
     let n_kv = k.dim(1)?;
-    let s = k.dim(2)?;
     let rep = h / n_kv;
     // Query heads of one group share a kv head; fold the group into the query rows so that no
     // copy of K/V is made: (B, n_kv, rep*T, hd).
     let q = q.contiguous()?.reshape((b, n_kv, rep * t, hd))?; // (B, n_kv, rep*T, hd)
-    let mut scores = (q.matmul(&k.t()?)? * scale)?; // (B, n_kv, rep*T, S)
-    if let Some(c) = softcap {
-        scores = ((scores / c)?.tanh()? * c)?;
-    }
-    // Training: the mask and the softmax as one op with a backward (inference keeps candle-nn's kernels).
-    if let (Some(m), true) = (mask, tracks(&[&scores])) {
-        let probs = crate::kernels::norm::masked_softmax(&scores, m, t).map_err(to_candle)?;
-        let y = probs.matmul(&v.contiguous()?)?; // (B, n_kv, rep*T, hd)
-        return y.reshape((b, h, t, hd)); // (B, H, T, hd)
-    }
-    if let Some(m) = mask {
-        let scores5 = scores.reshape((b, n_kv, rep, t, s))?; // (B, n_kv, rep, T, S)
-        let m = m.unsqueeze(1)?; // (B, 1, 1, T, S)
-        scores = scores5.broadcast_add(&m)?.reshape((b, n_kv, rep * t, s))?; // (B, n_kv, rep*T, S)
-    }
-    let probs = softmax_last(&scores)?;
-    // `v` may be a view of the KV cache's buffer (rows of `hd` values, `capacity` apart): the matmul reads it
-    // in place.
-    let y = probs.matmul(v)?; // (B, n_kv, rep*T, hd)
+    let raw = q.matmul(&k.t()?)?; // (B, n_kv, rep*T, S)
+    let probs = match (mask, softcap) {
+        // The scale, the mask and the softmax in one pass over the scores (and one back), in training and
+        // inference alike.
+        (Some(m), None) => crate::kernels::norm::masked_softmax(&raw, m, t, scale).map_err(to_candle)?,
+        (Some(m), Some(c)) => {
+            let scores = (((raw * scale)? / c)?.tanh()? * c)?;
+            crate::kernels::norm::masked_softmax(&scores, m, t, 1.0).map_err(to_candle)?
+        }
+        (None, cap) => {
+            let mut scores = (raw * scale)?;
+            if let Some(c) = cap {
+                scores = ((scores / c)?.tanh()? * c)?;
+            }
+            softmax_last(&scores)?
+        }
+    };
+    // `v` may be a view of the KV cache's buffer (rows of `hd` values, `capacity` apart): outside a graph the
+    // matmul reads it in place.
+    let y = if tracks(&[&probs]) { probs.matmul(&v.contiguous()?)? } else { probs.matmul(v)? }; // (B, n_kv, rep*T, hd)
     y.reshape((b, h, t, hd)) // (B, H, T, hd)
 }
 

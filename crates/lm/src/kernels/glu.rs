@@ -11,7 +11,7 @@
 //! y = g s u        ∂y/∂g = u s (1 + g (1 − s))        ∂y/∂u = g s
 //! ```
 
-use super::{slice, with_slice, Float};
+use super::{simd, slice, with_slice, Float};
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -42,18 +42,23 @@ fn fused(gate: &Tensor, up: &Tensor) -> bool {
         && up.is_contiguous()
 }
 
+#[inline(always)]
 fn sigmoid<T: Float>(x: T) -> T {
-    (T::one() + (-x).exp()).recip()
+    (T::one() + (-x).vexp()).recip()
 }
 
 fn forward<T: Float>(g: &[T], u: &[T]) -> Vec<T> {
     let mut y = vec![T::zero(); g.len()];
     y.par_chunks_mut(BLOCK).zip(g.par_chunks(BLOCK).zip(u.par_chunks(BLOCK))).for_each(|(y, (g, u))| {
-        // candle's silu spelled the same way, then the product: the same bits as the two candle ops, so
-        // inference (which takes this op too) samples the same text.
-        for (y, (&g, &u)) in y.iter_mut().zip(g.iter().zip(u)) {
-            *y = g / (T::one() + (-g).exp()) * u;
-        }
+        // candle's silu spelled the same way, then the product, with an exponential that vectorises.
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                for (y, (&g, &u)) in y.iter_mut().zip(g.iter().zip(u)) {
+                    *y = g / (T::one() + (-g).vexp()) * u;
+                }
+            },
+        )
     });
     y
 }
@@ -65,11 +70,16 @@ fn backward<T: Float>(g: &[T], u: &[T], d: &[T]) -> (Vec<T>, Vec<T>) {
         .zip(du.par_chunks_mut(BLOCK))
         .zip(g.par_chunks(BLOCK).zip(u.par_chunks(BLOCK)).zip(d.par_chunks(BLOCK)))
         .for_each(|((dg, du), ((g, u), d))| {
-            for i in 0..g.len() {
-                let s = sigmoid(g[i]);
-                dg[i] = d[i] * u[i] * s * (T::one() + g[i] * (T::one() - s));
-                du[i] = d[i] * g[i] * s;
-            }
+            simd::vectorized(
+                #[inline(always)]
+                || {
+                    for i in 0..g.len() {
+                        let s = sigmoid(g[i]);
+                        dg[i] = d[i] * u[i] * s * (T::one() + g[i] * (T::one() - s));
+                        du[i] = d[i] * g[i] * s;
+                    }
+                },
+            )
         });
     (dg, du)
 }

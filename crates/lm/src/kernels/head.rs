@@ -13,7 +13,7 @@
 //! The CPU path (f32 and f64) calls `gemm` directly on the tensors' buffers; other devices and dtypes take
 //! [`reference`], the composition of candle ops, which the tests hold the fused path to.
 
-use super::{slice as cpu_slice, to_candle, with_slice, Float};
+use super::{simd, slice as cpu_slice, to_candle, with_slice, Float};
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -159,22 +159,21 @@ fn forward<T: Float>(h: &[T], w: &[T], targets: &[u32], v: usize, d: usize, soft
         let z = &mut z[..rows * v];
         logits(z, hc, w, rows, v, d, softcap);
         let tc = &targets[c * ROWS..c * ROWS + rows];
-        oc.par_chunks_mut(COLS).zip(z.par_chunks(v)).zip(tc.par_iter()).for_each(|((o, zr), &t)| {
-            // One pass for the maximum and the sum, one for the exponentials: with e = exp(z − max),
-            // lse = max + ln Σe and log Σp² = ln Σe² − 2 ln Σe.
-            let (mut m, mut sum) = (T::neg_infinity(), T::zero());
-            for &x in zr {
-                m = num_traits::Float::max(m, x);
-                sum += x;
-            }
-            let (mut s1, mut s2) = (T::zero(), T::zero());
-            for &x in zr {
-                let e = (x - m).exp();
-                s1 += e;
-                s2 += e * e;
-            }
+        oc.par_chunks_mut(COLS).zip(z.par_chunks_mut(v)).zip(tc.par_iter()).for_each(|((o, zr), &t)| {
+            // With e = exp(z − max): lse = max + ln Σe and log Σp² = ln Σe² − 2 ln Σe. The row's logits are
+            // not needed after this, so e overwrites them.
+            let zt = zr[t as usize];
+            let (m, sum, s1, s2) = simd::vectorized(
+                #[inline(always)]
+                || {
+                    let (m, sum) = (simd::max(zr), simd::sum(zr));
+                    zr.iter_mut().for_each(|x| *x = (*x - m).vexp());
+                    let s2 = simd::lane_fold(v, T::zero(), |a, b| a + b, |j| zr[j] * zr[j]);
+                    (m, sum, simd::sum(zr), s2)
+                },
+            );
             let lse = m + s1.ln();
-            o[0] = zr[t as usize] - lse;
+            o[0] = zt - lse;
             o[1] = lse;
             o[2] = sum / T::from(v).unwrap();
             o[3] = s2.ln() - s1.ln() - s1.ln();
@@ -183,17 +182,28 @@ fn forward<T: Float>(h: &[T], w: &[T], targets: &[u32], v: usize, d: usize, soft
     out
 }
 
-/// `∂L/∂(raw logit)` of one vocabulary entry from its (soft-capped) logit `z`: `g ([target] − p)` with
-/// `p = exp(z − lse)`, times the cap's derivative `1 − tanh² = 1 − (z/c)²`.
-#[inline]
-fn logit_grad<T: Float>(z: T, target: bool, g: T, lse: T, cap: Option<T>) -> T {
-    let dz = g * (if target { T::one() } else { T::zero() } - (z - lse).exp());
-    match cap {
-        Some(c) => {
-            let th = z / c;
-            dz * (T::one() - th * th)
-        }
-        None => dz,
+/// `∂L/∂(raw logit)` in place over a row of (soft-capped) logits `z`, `target` the target's index in the row
+/// if it is there: `g ([target] − p)` with `p = exp(z − lse)`, times the cap's derivative
+/// `1 − tanh² = 1 − (z/c)²`.
+#[inline(always)]
+fn logit_grads<T: Float>(z: &mut [T], target: Option<usize>, g: T, lse: T, cap: Option<T>) {
+    let zt = target.map(|t| z[t]);
+    simd::vectorized(
+        #[inline(always)]
+        || match cap {
+            None => z.iter_mut().for_each(|x| *x = g * -(*x - lse).vexp()),
+            Some(c) => z.iter_mut().for_each(|x| {
+                let th = *x / c;
+                *x = g * -(*x - lse).vexp() * (T::one() - th * th)
+            }),
+        },
+    );
+    if let (Some(t), Some(zt)) = (target, zt) {
+        let dz = g * (T::one() - (zt - lse).vexp());
+        z[t] = match cap {
+            Some(c) => dz * (T::one() - (zt / c) * (zt / c)),
+            None => dz,
+        };
     }
 }
 
@@ -223,9 +233,7 @@ fn backward<T: Float>(
         let cap = softcap.map(|c| T::from(c).unwrap());
         z.par_chunks_mut(v).enumerate().for_each(|(i, zr)| {
             let (gi, li, t) = (g[r0 + i], lse[r0 + i], targets[r0 + i] as usize);
-            for (j, x) in zr.iter_mut().enumerate() {
-                *x = logit_grad(*x, j == t, gi, li, cap);
-            }
+            logit_grads(zr, Some(t), gi, li, cap);
         });
         // dH_chunk = dZ (rows × V) · W (V × d), split by columns of W across threads: gemm's own threading
         // splits this shape (few rows, V deep) worse (26.5 → 22 ms per 64-row chunk of SmolLM2's head).
@@ -279,13 +287,10 @@ fn backward_trained<T: Float>(
                     gemm(z, (rows, vb, d), hc, (d, 1), wb, (1, d), false);
                     for (i, zr) in z.chunks_mut(vb).enumerate() {
                         let (gi, li, t) = (g[r0 + i], lse[r0 + i], targets[r0 + i] as usize);
-                        for (j, x) in zr.iter_mut().enumerate() {
-                            let z = match cap {
-                                Some(c) => (*x / c).tanh() * c,
-                                None => *x,
-                            };
-                            *x = logit_grad(z, b0 + j == t, gi, li, cap);
+                        if let Some(c) = cap {
+                            zr.iter_mut().for_each(|x| *x = (*x / c).tanh() * c);
                         }
+                        logit_grads(zr, t.checked_sub(b0).filter(|&j| j < vb), gi, li, cap);
                     }
                     // dH_tile += dZ (rows × vb) · W_block (vb × d); dW_block += dZᵀ (vb × rows) · H_tile.
                     gemm(&mut dh[r0 * d..(r0 + rows) * d], (rows, d, vb), z, (vb, 1), wb, (d, 1), true);

@@ -11,7 +11,7 @@
 //!   `db = Σ_rows g`;
 //! - softmax: `dx = y (g − Σ g y)`.
 
-use super::{host, slice, with_slice, Float};
+use super::{host, simd, slice, with_slice, Float};
 use anyhow::Result;
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
@@ -276,37 +276,42 @@ impl candle_core::CustomOp3 for LayerNorm {
 struct Softmax;
 
 fn softmax_rows<T: Float>(x: &[T], d: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
-        let m = x.iter().fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
-        let mut s = T::zero();
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = (x - m).exp();
-            s += *y;
-        }
-        let inv = s.recip();
-        y.iter_mut().for_each(|v| *v *= inv);
+    let mut y = x.to_vec();
+    y.par_chunks_mut(d).for_each(|y| {
+        simd::vectorized(
+            #[inline(always)]
+            || simd::softmax_in_place(y),
+        )
     });
     y
 }
 
-fn softmax_bwd<T: Float>(y: &[T], g: &[T], d: usize) -> Vec<T> {
+/// `dx = scale · y (g − Σ g y)`, row by row.
+fn softmax_bwd<T: Float>(y: &[T], g: &[T], d: usize, scale: T) -> Vec<T> {
     let mut dx = vec![T::zero(); y.len()];
     dx.par_chunks_mut(d).zip(y.par_chunks(d)).zip(g.par_chunks(d)).for_each(|((dx, y), g)| {
-        let dot = y.iter().zip(g).fold(T::zero(), |a, (&y, &g)| a + y * g);
-        for j in 0..d {
-            dx[j] = y[j] * (g[j] - dot);
-        }
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                let dot = simd::lane_fold(d, T::zero(), |a, b| a + b, |j| y[j] * g[j]);
+                for j in 0..d {
+                    dx[j] = y[j] * (g[j] - dot) * scale;
+                }
+            },
+        )
     });
     dx
 }
 
-/// The input's gradient of a softmax (plain or masked) from its output `y` and the output's gradient `g`.
-fn softmax_grad(y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+/// The input's gradient of a softmax (plain or masked) from its output `y` and the output's gradient `g`;
+/// `scale` is the factor the masked softmax applied to its input.
+fn softmax_grad(y: &Tensor, g: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
     let d = y.dim(D::Minus1)?;
     match y.dtype() {
-        DType::F32 => Tensor::from_vec(softmax_bwd(&host::<f32>(y)?, &host(g)?, d), y.shape(), y.device()),
-        _ => Tensor::from_vec(softmax_bwd(&host::<f64>(y)?, &host(g)?, d), y.shape(), y.device()),
+        DType::F32 => {
+            Tensor::from_vec(softmax_bwd(&host::<f32>(y)?, &host(g)?, d, scale as f32), y.shape(), y.device())
+        }
+        _ => Tensor::from_vec(softmax_bwd(&host::<f64>(y)?, &host(g)?, d, scale), y.shape(), y.device()),
     }
 }
 
@@ -326,52 +331,51 @@ impl candle_core::CustomOp1 for Softmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        softmax_grad(y, g).map(Some)
+        softmax_grad(y, g, 1.0).map(Some)
     }
 }
 
-/// Softmax over the last dimension of attention scores plus an additive mask, as one op whose backward
+/// Softmax over the last dimension of attention scores times `scale` plus an additive mask, as one op whose backward
 /// is the softmax's (the mask is a constant). `x` `(B, G, Q, S)` with the `Q` query rows made of groups of
 /// `t` positions (grouped-query heads folded into rows), `mask` `(B, 1, t, S)`: row `q` of batch `b` adds
-/// mask row `(b, q mod t)`. The composition broadcasts the mask to the scores' size, adds, and in the
-/// backward pass sums a gradient for the mask that nothing uses.
-pub fn masked_softmax(x: &Tensor, mask: &Tensor, t: usize) -> Result<Tensor> {
+/// mask row `(b, q mod t)`. The composition scales, broadcasts the mask to the scores' size, adds, and in the
+/// backward pass sums a gradient for the mask that nothing uses; here it is one pass forward and one back.
+pub fn masked_softmax(x: &Tensor, mask: &Tensor, t: usize, scale: f64) -> Result<Tensor> {
     let (b, g, q, s) = x.dims4()?;
     if !fused(x, &[mask]) || q % t != 0 || mask.dims() != [b, 1, t, s] {
         let m = mask.unsqueeze(1)?; // (B, 1, 1, t, S)
-        let y = x.reshape((b, g, q / t, t, s))?.broadcast_add(&m)?.reshape((b, g, q, s))?;
+        let y = (x * scale)?.reshape((b, g, q / t, t, s))?.broadcast_add(&m)?.reshape((b, g, q, s))?; // (B, G, Q/t, t, S)
         return softmax_last(&y);
     }
-    Ok(x.apply_op1(MaskedSoftmax { mask: mask.detach().contiguous()?, t })?)
+    Ok(x.apply_op1(MaskedSoftmax { mask: mask.detach().contiguous()?, t, scale })?)
 }
 
 struct MaskedSoftmax {
     /// `(B, 1, t, S)`
     mask: Tensor,
     t: usize,
+    scale: f64,
 }
 
 fn masked_softmax_rows<T: Float>(
     x: &[T],
     mask: &[T],
     (rows_per_batch, q, t, s): (usize, usize, usize, usize),
+    scale: T,
 ) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(s).zip(x.par_chunks(s)).enumerate().for_each(|(r, (y, x))| {
         let (bi, qi) = (r / rows_per_batch, r % q);
         let m = &mask[(bi * t + qi % t) * s..(bi * t + qi % t + 1) * s];
-        let mut mx = T::neg_infinity();
-        for (y, (&x, &m)) in y.iter_mut().zip(x.iter().zip(m)) {
-            *y = x + m;
-            mx = num_traits::Float::max(mx, *y);
-        }
-        let mut sum = T::zero();
-        for y in y.iter_mut() {
-            *y = (*y - mx).exp();
-            sum += *y;
-        }
-        let inv = sum.recip();
-        y.iter_mut().for_each(|v| *v *= inv);
+        simd::vectorized(
+            #[inline(always)]
+            || {
+                for (y, (&x, &m)) in y.iter_mut().zip(x.iter().zip(m)) {
+                    *y = x * scale + m;
+                }
+                simd::softmax_in_place(y)
+            },
+        )
     });
     y
 }
@@ -386,10 +390,10 @@ impl candle_core::CustomOp1 for MaskedSoftmax {
         let dims = (g * q, q, self.t, s);
         let y = match st {
             CpuStorage::F32(_) => with_slice::<f32, _>(&self.mask, |m| {
-                Ok(f32::to_cpu_storage_owned(masked_softmax_rows(slice::<f32>(st, l)?, m, dims)))
+                Ok(f32::to_cpu_storage_owned(masked_softmax_rows(slice::<f32>(st, l)?, m, dims, self.scale as f32)))
             }),
             CpuStorage::F64(_) => with_slice::<f64, _>(&self.mask, |m| {
-                Ok(f64::to_cpu_storage_owned(masked_softmax_rows(slice::<f64>(st, l)?, m, dims)))
+                Ok(f64::to_cpu_storage_owned(masked_softmax_rows(slice::<f64>(st, l)?, m, dims, self.scale)))
             }),
             _ => candle_core::bail!("masked softmax: f32 or f64 only"),
         }
@@ -398,6 +402,6 @@ impl candle_core::CustomOp1 for MaskedSoftmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        softmax_grad(y, g).map(Some)
+        softmax_grad(y, g, self.scale).map(Some)
     }
 }
