@@ -160,19 +160,11 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let out = self.w.dim(0)?;
         fn run<T: crate::kernels::Float>(x: &[T], rows: usize, inp: usize, op: &FrozenMatmul) -> Result<Vec<T>> {
             let out = op.w.dim(0)?;
-            let mut y = vec![T::zero(); rows * out];
             match &op.wt {
-                Some(wt) => with_slice(&wt.contiguous()?, |wt| {
-                    linear::x_wtt_plus_into(&mut y, x, rows, inp, wt, out, None);
-                    Ok(())
-                }),
-                None => with_slice(&op.w.contiguous()?, |w| {
-                    linear::x_wt_into(&mut y, x, rows, inp, w, out);
-                    Ok(())
-                }),
+                Some(wt) => with_slice(&wt.contiguous()?, |wt| Ok(linear::x_wtt_plus(x, rows, inp, wt, out, None))),
+                None => with_slice(&op.w.contiguous()?, |w| Ok(linear::x_wt(x, rows, inp, w, out))),
             }
-            .map_err(to_candle)?;
-            Ok(y)
+            .map_err(to_candle)
         }
         let y = match s {
             CpuStorage::F32(_) => CpuStorage::F32(run(slice(s, l)?, rows, inp, self)?),

@@ -39,19 +39,33 @@ const ALIGN: usize = 16;
 
 /// `y (rows × out) = x (rows × inp) · Wᵀ`, `w` holding `W` row-major `(out, inp)`.
 pub(crate) fn x_wt<T: Float>(x: &[T], rows: usize, inp: usize, w: &[T], out: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); rows * out];
-    x_wt_into(&mut y, x, rows, inp, w, out);
-    y
+    x_wt_plus(x, rows, inp, w, out, None)
 }
 
 /// [`x_wt`] into `y`, which it overwrites.
 pub(crate) fn x_wt_into<T: Float>(y: &mut [T], x: &[T], rows: usize, inp: usize, w: &[T], out: usize) {
-    x_wt_plus_into(y, x, rows, inp, w, out, None)
+    assert_eq!(y.len(), rows * out, "y holds {} elements, not {rows} × {out}", y.len());
+    // SAFETY: `y` holds rows × out elements.
+    unsafe { x_wt_raw(y.as_mut_ptr(), x, rows, inp, w, out, None) }
 }
 
-/// [`x_wt_into`], plus `extra` (its `B` `(k, out)`) added to each block of `y` by the thread that computed it.
-pub(crate) fn x_wt_plus_into<T: Float>(
-    y: &mut [T],
+/// [`x_wt`], plus `extra` (its `B` `(k, out)`) added to each block of `y` by the thread that computed it.
+pub(crate) fn x_wt_plus<T: Float>(
+    x: &[T],
+    rows: usize,
+    inp: usize,
+    w: &[T],
+    out: usize,
+    extra: Option<Extra<T>>,
+) -> Vec<T> {
+    // SAFETY: x_wt_raw writes every element of its rows × out destination.
+    unsafe { written(rows * out, |y| x_wt_raw(y, x, rows, inp, w, out, extra)) }
+}
+
+/// # Safety
+/// `y` is valid for writes of `rows × out` elements.
+unsafe fn x_wt_raw<T: Float>(
+    y: *mut T,
     x: &[T],
     rows: usize,
     inp: usize,
@@ -65,6 +79,21 @@ pub(crate) fn x_wt_plus_into<T: Float>(
     split_gemm(y, x, rows, inp, w, (1, inp), out, transposed, extra);
 }
 
+/// A vector of `len` elements, all written by `fill` through the pointer it is given. `vec![0; len]` would
+/// write them once more first: a pass over every product's output (~1.5% of a forward pass), and for a large
+/// one the page faults of memory that gemm then writes anyway.
+///
+/// # Safety
+/// `fill` writes all `len` elements and reads none before writing it (gemm with its destination's
+/// coefficient zero: it does not read the destination).
+unsafe fn written<T>(len: usize, fill: impl FnOnce(*mut T)) -> Vec<T> {
+    let mut y = Vec::with_capacity(len);
+    fill(y.as_mut_ptr());
+    // SAFETY: `fill` wrote all `len` elements (the contract above).
+    unsafe { y.set_len(len) };
+    y
+}
+
 /// Whether `x Wᵀ` for `rows` rows runs faster from a copy of `W` stored transposed, `(inp, out)`: in the
 /// row-major regime (more than [`TRANSPOSED_MAX_ROWS`] rows) gemm gathers each block of `W`'s rows into its
 /// panel layout, and for a weight with more inputs than outputs (a down-projection) that gather is slow:
@@ -74,19 +103,19 @@ pub(crate) fn prefers_transposed_weight(rows: usize, inp: usize, out: usize) -> 
     rows > TRANSPOSED_MAX_ROWS && inp > out
 }
 
-/// `y (rows × out) = x (rows × inp) · Wt (+ extra)`, `wt` holding `Wᵀ` row-major `(inp, out)`: [`x_wt_plus_into`]
+/// `y (rows × out) = x (rows × inp) · Wt (+ extra)`, `wt` holding `Wᵀ` row-major `(inp, out)`: [`x_wt_plus`]
 /// from the transposed copy of [`prefers_transposed_weight`].
-pub(crate) fn x_wtt_plus_into<T: Float>(
-    y: &mut [T],
+pub(crate) fn x_wtt_plus<T: Float>(
     x: &[T],
     rows: usize,
     inp: usize,
     wt: &[T],
     out: usize,
     extra: Option<Extra<T>>,
-) {
+) -> Vec<T> {
     assert_eq!(wt.len(), out * inp, "x_wtt: wt holds {} elements, not {inp} × {out}", wt.len());
-    split_gemm(y, x, rows, inp, wt, (out, 1), out, false, extra);
+    // SAFETY: split_gemm writes every element of its rows × out destination.
+    unsafe { written(rows * out, |y| split_gemm(y, x, rows, inp, wt, (out, 1), out, false, extra)) }
 }
 
 /// `y (rows × inp) = g (rows × out) · W`, `w` holding `W` row-major `(out, inp)`: the input's gradient of
@@ -105,9 +134,8 @@ pub(crate) fn x_w_plus<T: Float>(
     extra: Option<Extra<T>>,
 ) -> Vec<T> {
     assert_eq!(w.len(), out * inp, "x_w: w holds {} elements, not {out} × {inp}", w.len());
-    let mut y = vec![T::zero(); rows * inp];
-    split_gemm(&mut y, g, rows, out, w, (inp, 1), inp, false, extra);
-    y
+    // SAFETY: split_gemm writes every element of its rows × inp destination.
+    unsafe { written(rows * inp, |y| split_gemm(y, g, rows, out, w, (inp, 1), inp, false, extra)) }
 }
 
 /// A second, low-rank product added to a split product's result: `y += scale · a · B`, `a` `(rows × k)`
@@ -162,11 +190,11 @@ pub(crate) fn par_gemm<T: Float>(
     scale: T,
     split: Split,
 ) -> Vec<T> {
-    let mut y = vec![T::zero(); m * n];
     assert!(lhs.reaches(m, k) && rhs.reaches(k, n), "par_gemm: an operand is smaller than {m} × {k} × {n}");
     if m == 0 || n == 0 {
-        return y;
+        return Vec::new();
     }
+    let mut y: Vec<T> = Vec::with_capacity(m * n);
     let threads = candle_core::utils::get_num_threads().max(1);
     let len = if split == Split::Rows { m } else { n };
     let blocks = if m * n * k < PAR_MIN_WORK { 1 } else { threads };
@@ -210,6 +238,8 @@ pub(crate) fn par_gemm<T: Float>(
     } else {
         starts.par_iter().for_each(run);
     }
+    // SAFETY: the blocks cover all m × n elements, each written by gemm with its destination not read.
+    unsafe { y.set_len(m * n) };
     y
 }
 
@@ -217,8 +247,11 @@ pub(crate) fn par_gemm<T: Float>(
 /// split into one block per thread. With `transposed`, each block is computed column-major into a buffer of
 /// its own and transposed into `y` (see the module doc).
 #[allow(clippy::too_many_arguments)]
-fn split_gemm<T: Float>(
-    y: &mut [T],
+///
+/// # Safety
+/// `y` is valid for writes of `rows × n` elements; they are written, never read before.
+unsafe fn split_gemm<T: Float>(
+    y: *mut T,
     x: &[T],
     rows: usize,
     k: usize,
@@ -229,7 +262,6 @@ fn split_gemm<T: Float>(
     extra: Option<Extra<T>>,
 ) {
     assert_eq!(x.len(), rows * k, "x holds {} elements, not {rows} × {k}", x.len());
-    assert_eq!(y.len(), rows * n, "y holds {} elements, not {rows} × {n}", y.len());
     if rows == 0 || n == 0 {
         return;
     }
@@ -247,7 +279,7 @@ fn split_gemm<T: Float>(
         n.div_ceil(blocks).next_multiple_of(ALIGN).min(n)
     };
     let starts: Vec<usize> = (0..n).step_by(per).collect();
-    let y_addr = y.as_mut_ptr() as usize;
+    let y_addr = y as usize;
     let run = |&j0: &usize| {
         let nb = per.min(n - j0);
         // The block's destination: `y`'s columns j0..j0+nb (row stride n), or a column-major (rows × nb) buffer.
@@ -385,8 +417,11 @@ mod tests {
             let w: Vec<f32> = (0..out * inp).map(|i| ((i * 53 % 97) as f32 - 48.0) / 23.0).collect();
             let mut plain = vec![0f32; rows * out];
             let mut transposed = vec![0f32; rows * out];
-            split_gemm(&mut plain, &x, rows, inp, &w, (1, inp), out, false, None);
-            split_gemm(&mut transposed, &x, rows, inp, &w, (1, inp), out, true, None);
+            // SAFETY: both hold rows × out elements.
+            unsafe {
+                split_gemm(plain.as_mut_ptr(), &x, rows, inp, &w, (1, inp), out, false, None);
+                split_gemm(transposed.as_mut_ptr(), &x, rows, inp, &w, (1, inp), out, true, None);
+            }
             assert!(plain.iter().zip(&transposed).all(|(a, b)| a.to_bits() == b.to_bits()), "{rows}×{inp}×{out}");
         }
     }

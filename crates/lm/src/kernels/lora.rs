@@ -16,7 +16,7 @@
 //! `u` (`rows × r`, small) is kept from the forward. CPU only, f32 and f64; the layer falls back to candle's
 //! ops elsewhere, and the tests hold this op to that composition.
 
-use super::linear::{par_gemm, x_w_plus, x_wt_plus_into, x_wtt_plus_into, Extra, Split, Strided};
+use super::linear::{par_gemm, x_w_plus, x_wt_plus, x_wtt_plus, Extra, Split, Strided};
 use super::{slice, to_candle, with_slice, Float};
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use std::sync::Mutex;
@@ -66,19 +66,12 @@ impl LoraLinear {
         let s = T::from(self.scale).unwrap();
         // u = x Aᵀ (rows, r)
         let u = par_gemm(rows, r, inp, Strided::rows(x, inp), Strided::transposed(a, inp), T::one(), Split::Rows);
-        let mut y = vec![T::zero(); rows * out];
         // y = x Wᵀ + s · u Bᵀ, Bᵀ's element (k, j) at b[j·r + k].
         let extra = Extra { a: &u, k: r, b, b_strides: (1, r), scale: s };
-        match &self.wt {
-            Some(wt) => with_slice(wt, |wt| {
-                x_wtt_plus_into(&mut y, x, rows, inp, wt, out, Some(extra));
-                Ok(())
-            })?,
-            None => with_slice(&self.w, |w| {
-                x_wt_plus_into(&mut y, x, rows, inp, w, out, Some(extra));
-                Ok(())
-            })?,
-        }
+        let y = match &self.wt {
+            Some(wt) => with_slice(wt, |wt| Ok(x_wtt_plus(x, rows, inp, wt, out, Some(extra))))?,
+            None => with_slice(&self.w, |w| Ok(x_wt_plus(x, rows, inp, w, out, Some(extra))))?,
+        };
         if self.keep {
             *self.u.lock().unwrap() = Some(Tensor::from_vec(u, (rows, r), &candle_core::Device::Cpu)?);
         }
