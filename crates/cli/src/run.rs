@@ -145,6 +145,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         PathBuf::from("runs").join(name.unwrap_or_else(|| "default".into()))
     });
     let base = load_model(&cfg, &a.model)?;
+    check_train_device(&cfg, &base)?;
     let t0 = std::time::Instant::now();
     let mut bars = Bars { bar: None };
     let res = run_one(cfg, &dir, base, &mut bars)?;
@@ -156,6 +157,15 @@ pub fn run(a: RunArgs) -> Result<()> {
         dir.join("report.html").display(),
         dir.join("labels.jsonl").display()
     );
+    Ok(())
+}
+
+/// `train.dtype` against the model's device before any round's work (the local trainer would refuse it only
+/// after the first round's sampling and labels).
+fn check_train_device(cfg: &ActiveConfig, base: &lm::LanguageModel) -> Result<()> {
+    if cfg.trainer.backend == apl::config::TrainerBackendKind::Local {
+        cfg.train.dtype.on(base.device())?;
+    }
     Ok(())
 }
 
@@ -183,6 +193,7 @@ pub fn experiment(a: ExperimentArgs) -> Result<()> {
         a.strategies.split(',').filter(|s| !s.trim().is_empty()).map(Strategy::parse).collect::<Result<_>>()?;
     let plan = Experiment::new(cfg, strategies, a.seeds, &a.out)?;
     let base = load_model(&plan.cfg, &a.model)?;
+    check_train_device(&plan.cfg, &base)?;
     let snippets = assets::default_dir().join(assets::MOVIE_SNIPPETS);
     let mut bars = Bars { bar: None };
     let rep = plan.run(&base, &snippets, &mut |e| bars.handle(e))?;

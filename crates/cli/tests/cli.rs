@@ -241,6 +241,15 @@ fn bad_prompts_and_inputs_give_clear_errors() {
         fails_with(&["bench", "lm", "--shapes", "tiny", "--device", "cuda"], &["built without CUDA"]);
     }
     fails_with(&["generate", "--model", m, "--prompt", "hi", "--device", "tpu"], &["expected cpu or cuda"]);
+    // train.dtype = "bf16" on the CPU is refused before any round's work (no run directory), naming the key.
+    std::fs::write(t.join("bf16.toml"), "[train]\ndtype = \"bf16\"\n").unwrap();
+    let rd = t.join("bf16-run");
+    let (cfg, dir) = (t.join("bf16.toml"), rd.to_str().unwrap().to_string());
+    fails_with(
+        &["run", "--model", m, "--config", cfg.to_str().unwrap(), "--run-dir", &dir],
+        &["train.dtype", "CUDA only"],
+    );
+    assert!(!rd.exists(), "the refused run wrote {}", rd.display());
     std::fs::write(t.join("bad.jsonl"), "{\"prompt\": \"ok\"}\n{oops\n").unwrap();
     fails_with(
         &["generate", "--model", m, "--prompts", t.join("bad.jsonl").to_str().unwrap()],

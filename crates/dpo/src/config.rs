@@ -102,6 +102,21 @@ pub enum ComputeDtype {
     Bf16,
 }
 
+impl ComputeDtype {
+    /// The dtype the passes compute in on `device` (`None`: the weights' own, f32), or the error that names
+    /// `train.dtype` where the device cannot take it. Callers check before any work, the trainer again.
+    pub fn on(self, device: &candle_core::Device) -> Result<Option<candle_core::DType>> {
+        match self {
+            ComputeDtype::F32 => Ok(None),
+            ComputeDtype::Bf16 if !device.is_cuda() => bail!(
+                "train.dtype = \"bf16\" runs on CUDA only (--device cuda): on the CPU candle widens bf16 matrix \
+                 products to f32, so it would be slower than f32; use dtype = \"f32\""
+            ),
+            ComputeDtype::Bf16 => Ok(Some(candle_core::DType::BF16)),
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {

@@ -11,7 +11,6 @@
 
 pub use crate::config::{LoraConfig, TrainConfig};
 
-use crate::config::ComputeDtype;
 use crate::data::TokenPair;
 use crate::loss::{rewards, token_loss, LossParams, LossType, PairLogps, TokenLogps};
 use crate::optim::{accumulate_grads, clip_coef, grad_norm, learning_rate, Optimizer};
@@ -209,14 +208,7 @@ impl Trainer {
         if train.is_empty() {
             bail!("no training pairs");
         }
-        let compute = match cfg.dtype {
-            ComputeDtype::F32 => None,
-            ComputeDtype::Bf16 if !policy.device().is_cuda() => bail!(
-                "train.dtype = \"bf16\" runs on CUDA only (--device cuda): on the CPU candle widens bf16 matrix \
-                 products to f32, so it would be slower than f32; use dtype = \"f32\""
-            ),
-            ComputeDtype::Bf16 => Some(DType::BF16),
-        };
+        let compute = cfg.dtype.on(policy.device())?;
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         // The reference is the model as loaded: plain tensors, no graph. With LoRA it shares them.
         let reference = if cfg.needs_reference() { Some(policy.with_params(policy.base_params())?) } else { None };
