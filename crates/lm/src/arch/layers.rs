@@ -1,11 +1,12 @@
 //! Building blocks shared by the architectures: linear layers, norms, rotary embeddings, attention and
 //! the KV cache.
 //!
-//! The norms and the softmax have two paths. When any input is part of an autograd graph (`track_op()`),
-//! or in f64 (the gradient checks), they run the kernels of [`crate::kernels::norm`], which have a backward
-//! pass (candle-nn's fused `softmax_last_dim`, `rms_norm` and `layer_norm` have none and would silently
-//! drop gradients). When nothing tracks gradients (sampling, scoring, evaluation) they run candle-nn's
-//! fused kernels, so inference is exactly what it was. Tests check that every path gives the same numbers.
+//! The norms have two paths. When any input is part of an autograd graph (`track_op()`), or in f64 (the
+//! gradient checks), they run the kernels of [`crate::kernels::norm`], which have a backward pass (candle-nn's
+//! fused `rms_norm` and `layer_norm` have none and would silently drop gradients). When nothing tracks
+//! gradients (sampling, scoring, evaluation) they run candle-nn's fused kernels. Attention's softmax takes
+//! [`crate::kernels::norm`]'s op on every path (it is also the faster forward). Tests check that every path
+//! gives the same numbers.
 
 use crate::kernels::linear::{self, x_w, x_wt};
 use crate::kernels::lora::lora_linear;
@@ -316,11 +317,6 @@ impl Module for LayerNorm {
     }
 }
 
-/// Softmax over the last dimension (on the CPU one pass per row, vectorised; candle-nn's elsewhere).
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    crate::kernels::norm::softmax_last(x).map_err(to_candle)
-}
-
 /// GELU with the tanh approximation (GPT-2's `gelu_new`, Gemma's `gelu_pytorch_tanh`).
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     x.gelu()
@@ -508,22 +504,18 @@ pub fn attention(
     // copy of K/V is made: (B, n_kv, rep*T, hd).
     let q = q.contiguous()?.reshape((b, n_kv, rep * t, hd))?; // (B, n_kv, rep*T, hd)
     let raw = q.matmul(&k.t()?)?; // (B, n_kv, rep*T, S)
-    let probs = match (mask, softcap) {
-        // The scale, the mask and the softmax in one pass over the scores (and one back), in training and
-        // inference alike.
-        (Some(m), None) => crate::kernels::norm::masked_softmax(&raw, m, t, scale).map_err(to_candle)?,
-        (Some(m), Some(c)) => {
-            let scores = (((raw * scale)? / c)?.tanh()? * c)?;
-            crate::kernels::norm::masked_softmax(&scores, m, t, 1.0).map_err(to_candle)?
-        }
-        (None, cap) => {
-            let mut scores = (raw * scale)?;
-            if let Some(c) = cap {
-                scores = ((scores / c)?.tanh()? * c)?;
-            }
-            softmax_last(&scores)?
-        }
+
+    // The scale, the mask and the softmax in one pass over the scores (and one back), in training and
+    // inference alike; a soft-cap goes between the scale and the mask, so it takes the scale out of that op.
+    let (scores, scale) = match softcap {
+        Some(c) => ((((raw * scale)? / c)?.tanh()? * c)?, 1.0),
+        None => (raw, scale),
     };
+    let probs = match mask {
+        Some(m) => crate::kernels::norm::masked_softmax(&scores, m, t, scale),
+        None => crate::kernels::norm::softmax_last(&if scale == 1.0 { scores } else { (scores * scale)? }),
+    }
+    .map_err(to_candle)?;
     // `v` may be a view of the KV cache's buffer (rows of `hd` values, `capacity` apart): outside a graph the
     // matmul reads it in place.
     let y = if tracks(&[&probs]) { probs.matmul(&v.contiguous()?)? } else { probs.matmul(v)? }; // (B, n_kv, rep*T, hd)

@@ -246,10 +246,10 @@ pub(crate) fn par_gemm<T: Float>(
 /// `y (rows × n) = x (rows × k) · B (k × n)`, `B`'s element `(i, j)` at `b[i·b_rs + j·b_cs]`, its columns
 /// split into one block per thread. With `transposed`, each block is computed column-major into a buffer of
 /// its own and transposed into `y` (see the module doc).
-#[allow(clippy::too_many_arguments)]
 ///
 /// # Safety
 /// `y` is valid for writes of `rows × n` elements; they are written, never read before.
+#[allow(clippy::too_many_arguments)]
 unsafe fn split_gemm<T: Float>(
     y: *mut T,
     x: &[T],

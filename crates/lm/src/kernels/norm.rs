@@ -335,8 +335,8 @@ impl candle_core::CustomOp1 for Softmax {
     }
 }
 
-/// Softmax over the last dimension of attention scores times `scale` plus an additive mask, as one op whose backward
-/// is the softmax's (the mask is a constant). `x` `(B, G, Q, S)` with the `Q` query rows made of groups of
+/// Softmax over the last dimension of attention scores times `scale` plus an additive mask, as one op whose
+/// backward is the softmax's (the mask is a constant). `x` `(B, G, Q, S)` with the `Q` query rows made of groups of
 /// `t` positions (grouped-query heads folded into rows), `mask` `(B, 1, t, S)`: row `q` of batch `b` adds
 /// mask row `(b, q mod t)`. The composition scales, broadcasts the mask to the scores' size, adds, and in the
 /// backward pass sums a gradient for the mask that nothing uses; here it is one pass forward and one back.
@@ -344,8 +344,9 @@ pub fn masked_softmax(x: &Tensor, mask: &Tensor, t: usize, scale: f64) -> Result
     let (b, g, q, s) = x.dims4()?;
     if !fused(x, &[mask]) || q % t != 0 || mask.dims() != [b, 1, t, s] {
         let m = mask.unsqueeze(1)?; // (B, 1, 1, t, S)
-        let y = (x * scale)?.reshape((b, g, q / t, t, s))?.broadcast_add(&m)?.reshape((b, g, q, s))?; // (B, G, Q/t, t, S)
-        return softmax_last(&y);
+        let x = if scale == 1.0 { x.clone() } else { (x * scale)? };
+        let y = x.reshape((b, g, q / t, t, s))?.broadcast_add(&m)?; // (B, G, Q/t, t, S)
+        return softmax_last(&y.reshape((b, g, q, s))?); // (B, G, Q, S)
     }
     Ok(x.apply_op1(MaskedSoftmax { mask: mask.detach().contiguous()?, t, scale })?)
 }
